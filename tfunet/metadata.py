@@ -1,0 +1,73 @@
+"""Run metadata that travels beside every saved model.
+
+`best_model.keras` has `best_model.json` beside it (a SavedModel folder has `tfunet.json`
+inside). It holds what later commands need so no flag is retyped: input size and channels,
+the decision threshold, post-processing, the training config, the split, the tfunet version.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from tfunet.errors import TfunetError
+from tfunet.fileio import write_json
+from tfunet.version import __version__
+
+DEFAULT_POSTPROCESS = {"min_component_pixels": 0, "largest_3d_component": False, "tta_flip": False}
+
+
+def metadata_path(model_path: str | Path) -> Path:
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        return model_path / "tfunet.json"
+    return model_path.with_suffix(".json")
+
+
+def make_metadata(config, split: dict[str, list[str]] | None = None, **extra: Any) -> dict[str, Any]:
+    meta = {
+        "tfunet_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "image_size": config.image_size,
+        "channels": 3,
+        "threshold": config.threshold,
+        "postprocess": dict(DEFAULT_POSTPROCESS),
+        "config": config.to_dict(),
+        "split": split,
+    }
+    meta.update(extra)
+    return meta
+
+
+def write_metadata(model_path: str | Path, meta: dict[str, Any]) -> Path:
+    path = metadata_path(model_path)
+    write_json(path, meta)
+    return path
+
+
+def read_metadata(model_path: str | Path) -> dict[str, Any]:
+    """The metadata of a saved model; a clear error if it is missing or unreadable."""
+    path = metadata_path(model_path)
+    if not path.is_file():
+        raise TfunetError(f"model metadata not found: {path} (it is written beside the model by tfunet-train)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TfunetError(f"model metadata {path} is not valid JSON: {exc}") from None
+    meta.setdefault("postprocess", {})
+    meta["postprocess"] = {**DEFAULT_POSTPROCESS, **meta["postprocess"]}
+    return meta
+
+
+def update_metadata(model_path: str | Path, **changes: Any) -> dict[str, Any]:
+    """Merge `changes` into a model's metadata (e.g. a tuned threshold) and write it back."""
+    meta = read_metadata(model_path)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(meta.get(key), dict):
+            meta[key] = {**meta[key], **value}
+        else:
+            meta[key] = value
+    write_metadata(model_path, meta)
+    return meta
