@@ -1,11 +1,19 @@
 """tfunet: a Keras 3 / TensorFlow U-Net for brain-tumour segmentation in MRI.
 
-For research only, not for clinical use. The public API is declared here, and loaded lazily
-so that `import tfunet` (and every console command's argument check) stays instant.
+For research only, not for clinical use. The public API is declared here.
 """
 
 import importlib
+import os
 
+# TensorFlow's C++ start-up notes (CPU features, no GPU found) drown the progress bars; users
+# who want them set TF_CPP_MIN_LOG_LEVEL themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Importing these registers tfunet's custom Keras objects, so that `keras.saving.load_model`
+# reloads a tfunet `.keras` file without `custom_objects` once `tfunet` is imported.
+from tfunet import losses as _losses  # noqa: F401
+from tfunet import metrics as _metrics  # noqa: F401
 from tfunet.version import __version__
 
 _API = {

@@ -18,6 +18,10 @@ from tfunet.errors import TfunetError
 
 DATASETS = ("synthetic", "lgg")
 UPSAMPLING = ("transpose", "bilinear")
+JIT_COMPILE = ("auto", "on", "off")
+MIXED_PRECISION = ("auto", "off", "bfloat16", "float16")
+STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
+CHOICES = {"jit_compile": JIT_COMPILE, "mixed_precision": MIXED_PRECISION, "strategy": STRATEGIES}
 
 
 @dataclasses.dataclass
@@ -29,6 +33,8 @@ class TrainConfig:
     split_file: str | None = None
     num_patients: int = 24  # synthetic only
     slices_per_patient: int = 20  # synthetic only
+    skip_bad: bool = False  # lgg: warn about and skip unreadable/invalid files instead of failing
+    augment: bool = True  # random flips, rotations, scaling, intensity jitter on training slices
     # model
     image_size: int = 256
     base_filters: int = 32
@@ -47,7 +53,10 @@ class TrainConfig:
     threshold: float = 0.5
     seed: int = 42
     # execution
-    jit_compile: str = "auto"
+    jit_compile: str = "auto"  # auto: XLA on GPUs, off on CPUs
+    mixed_precision: str = "auto"  # auto, off, bfloat16, float16
+    strategy: str = "auto"  # auto, one-device, mirrored, multi-worker
+    deterministic: bool = False  # op determinism for exact reruns
     # outputs: saved_models/ and logs/ are created under this folder
     output_dir: str = "."
 
@@ -83,8 +92,10 @@ class TrainConfig:
             raise TfunetError("lr must be positive and weight-decay, warmup-epochs non-negative")
         if self.warmup_epochs >= self.epochs:
             raise TfunetError(f"warmup-epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
-        if self.jit_compile not in ("auto", "on", "off"):
-            raise TfunetError(f"jit-compile must be auto, on or off, got {self.jit_compile!r}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise TfunetError(f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
+                                  f"got {getattr(self, name)!r}")
         if self.dataset != "synthetic" and not self.data_dir:
             raise TfunetError(f"--data-dir is required for dataset {self.dataset!r}")
         if self.data_dir and not Path(self.data_dir).exists():
@@ -96,8 +107,9 @@ class TrainConfig:
 # base-16 U-Net reach pooled validation Dice >= 0.80 within about 5 minutes on two CPU cores
 # (scripts/check_default_run.py measures it).
 PRESETS: dict[str, dict[str, Any]] = {
-    "synthetic": dict(image_size=128, base_filters=16, depth=4, epochs=12, batch_size=16),
-    "lgg": dict(image_size=256, base_filters=32, depth=4, epochs=130, batch_size=16),
+    "synthetic": dict(image_size=128, base_filters=16, depth=4, epochs=12, batch_size=16,
+                      augment=False),
+    "lgg": dict(image_size=256, base_filters=32, depth=4, epochs=130, batch_size=16, augment=True),
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -1,45 +1,14 @@
-"""Console entry points: thin argparse layers over the library functions.
-
-Heavy imports (TensorFlow) happen after the arguments are checked, so a typo is reported at
-once. A `TfunetError` is printed as one line and exits with status 2; anything else is a bug
-and keeps its traceback.
-"""
+"""`tfunet-train`: train a U-Net (see `tfunet.train.train`)."""
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from collections.abc import Callable
 
-from tfunet.config import DATASETS, UPSAMPLING, make_config
-from tfunet.errors import TfunetError
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports errors in one line (no usage dump)."""
-
-    def error(self, message):
-        raise TfunetError(message)
+from tfunet.cli import ArgumentParser, run_command
+from tfunet.config import DATASETS, JIT_COMPILE, MIXED_PRECISION, STRATEGIES, UPSAMPLING, make_config
 
 
-def run_command(prog: str, body: Callable[[], object]) -> int:
-    try:
-        body()
-    except TfunetError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-def quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def train_parser() -> ArgumentParser:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="tfunet-train",
                        description="Train a U-Net for brain-tumour segmentation (research use only). "
                                    "With no arguments it trains on the built-in synthetic dataset.")
@@ -65,16 +34,25 @@ def train_parser() -> ArgumentParser:
     p.add_argument("--dice-weight", type=float)
     p.add_argument("--threshold", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--jit-compile", choices=("auto", "on", "off"))
+    p.add_argument("--skip-bad", action="store_true", default=None,
+                   help="lgg: skip unreadable or invalid files with a warning instead of failing")
+    p.add_argument("--augment", dest="augment", action="store_true", default=None,
+                   help="augment training slices (default: on for lgg, off for synthetic)")
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--jit-compile", choices=JIT_COMPILE, help="XLA: auto = on GPUs, off on CPUs")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION,
+                   help="auto = float16 on CUDA GPUs, bfloat16 on CPUs with AMX/AVX512-BF16, else off")
+    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="enable op determinism for exact reruns (slower)")
     p.add_argument("--output-dir", help="saved_models/ and logs/ are written under it (default .)")
     return p
 
 
-def train_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     def body():
-        args = vars(train_parser().parse_args(argv))
+        args = vars(build_parser().parse_args(argv))
         config = make_config(args, config_file=args.pop("config"))
-        quiet_tensorflow()
         from tfunet.train import train
 
         train(config)
@@ -83,4 +61,4 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(train_main())
+    sys.exit(main())
