@@ -18,7 +18,9 @@ def _conv_block(x, filters: int, batch_norm: bool, dropout: float, name: str):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm,
                           kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            # PyTorch's default momentum (0.1 there = 0.9 here): Keras's 0.99 lags for
+            # hundreds of steps, so short runs validate with stale statistics.
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
     if dropout:
         x = layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(x)

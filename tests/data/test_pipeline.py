@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfunet.data.pipeline import make_pipeline, resize_slice
+from tfunet.data.sources import load_splits
+from tfunet.data.synthetic import SyntheticSource
+from tfunet.errors import TfunetError
+
+
+def _source():
+    return SyntheticSource(num_patients=5, slices_per_patient=4, image_size=32, seed=0)
+
+
+@pytest.mark.parametrize("image_size", [32, 16, 64])
+def test_resize_keeps_uint8_image_and_binary_mask(image_size):
+    element = next(iter(_source().dataset(["synth_000"])))
+    out = resize_slice(element, image_size)
+    assert out["image"].dtype == tf.uint8 and out["image"].shape == (image_size, image_size, 3)
+    assert out["mask"].dtype == tf.uint8 and set(np.unique(out["mask"].numpy())) <= {0, 1}
+    assert out["patient_id"] == element["patient_id"]
+
+
+def test_fit_batches_are_float_pairs_and_metadata_batches_keep_ids():
+    ds = _source().dataset(["synth_000", "synth_001"])
+    x, y = next(iter(make_pipeline(ds, image_size=32, batch_size=3)))
+    assert x.dtype == tf.float32 and x.shape == (3, 32, 32, 3) and float(tf.reduce_max(x)) > 1.0
+    assert y.dtype == tf.float32 and y.shape == (3, 32, 32, 1)
+    batch = next(iter(make_pipeline(ds, image_size=32, batch_size=3, with_metadata=True)))
+    assert set(batch) == {"image", "mask", "patient_id", "slice"}
+    assert batch["image"].dtype == tf.uint8
+
+
+def test_training_shuffle_is_seeded_and_reshuffles_each_epoch():
+    ds = _source().dataset(["synth_000", "synth_001", "synth_002"])
+
+    def order(pipeline):
+        return [tuple(b["slice"].numpy()) + tuple(b["patient_id"].numpy()) for b in pipeline]
+
+    a = make_pipeline(ds, image_size=32, batch_size=4, training=True, seed=1, with_metadata=True)
+    b = make_pipeline(ds, image_size=32, batch_size=4, training=True, seed=1, with_metadata=True)
+    first, second = order(a), order(a)
+    assert first == order(b)  # same seed, same order
+    assert first != second  # a new order each epoch
+
+
+def test_split_by_patient_has_no_leak(tiny_config):
+    splits = load_splits(tiny_config, source=_source())
+    names = ("train", "val", "test")
+    ids = {n: set(splits.split[n]) for n in names}
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    assert set().union(*ids.values()) == set(_source().patients())
+    for n in names:
+        seen = {e["patient_id"].decode() for e in splits.dataset(n).as_numpy_iterator()}
+        assert seen == ids[n]
+    assert splits.num_slices("all") == 20
+
+
+def test_split_file_with_unknown_patient_is_rejected(tiny_config, tmp_path):
+    path = tmp_path / "split.json"
+    path.write_text('{"train": ["synth_000"], "val": ["synth_001"], "test": ["nobody"]}')
+    tiny_config.split_file = str(path)
+    with pytest.raises(TfunetError, match="patient nobody in split 'test' is not in the dataset"):
+        load_splits(tiny_config, source=_source())

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from tfunet.config import PRESETS, TrainConfig, make_config
+from tfunet.errors import TfunetError
+
+
+def test_synthetic_preset_is_the_default():
+    config = make_config()
+    assert config.dataset == "synthetic"
+    for key, value in PRESETS["synthetic"].items():
+        assert getattr(config, key) == value
+
+
+def test_lgg_preset_is_the_original_recipe(tmp_path):
+    config = make_config({"dataset": "lgg", "data_dir": str(tmp_path)})
+    assert (config.image_size, config.base_filters, config.depth) == (256, 32, 4)
+    assert (config.batch_size, config.epochs, config.lr, config.weight_decay) == (16, 130, 1e-3, 1e-5)
+
+
+@pytest.mark.parametrize("suffix, text", [
+    (".yaml", "epochs: 3\nbase-filters: 8\nlr: 0.002\n"),
+    (".json", json.dumps({"epochs": 3, "base_filters": 8, "lr": 0.002})),
+])
+def test_config_file_then_flags_win(tmp_path, suffix, text):
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text)
+    config = make_config({"epochs": 5, "depth": None}, config_file=path)
+    assert config.epochs == 5  # flag wins
+    assert config.base_filters == 8 and config.lr == 0.002  # file beats preset
+    assert config.depth == PRESETS["synthetic"]["depth"]  # None means "not given"
+
+
+def test_int_in_file_is_accepted_for_float_option(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1\n")
+    assert make_config(config_file=path).lr == 1.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"image_size": 100}, "not divisible by 2\\*\\*depth = 16"),
+    ({"image_size": 64, "depth": 7}, "not divisible"),
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"dataset": "brats"}, "unknown dataset 'brats'"),
+    ({"dataset": "lgg"}, "--data-dir is required"),
+    ({"data_dir": "/no/such/folder"}, "data folder not found: /no/such/folder"),
+    ({"dropout": 1.5}, "dropout must be in"),
+    ({"threshold": 1.0}, "threshold must be in"),
+    ({"mixed_precision": "fp8"}, "mixed-precision must be one of"),
+    ({"warmup_epochs": 20, "epochs": 5}, "warmup-epochs"),
+    ({"colour": "red"}, "unknown option\\(s\\): colour"),
+    ({"epochs": "many"}, "option epochs expects int"),
+])
+def test_bad_values_are_explained(overrides, message):
+    with pytest.raises(TfunetError, match=message):
+        make_config(overrides)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("missing.yaml", None, "config file not found"),
+    ("bad.json", "{not json", "cannot parse config file"),
+    ("list.yaml", "- 1\n- 2\n", "must hold a mapping"),
+])
+def test_bad_config_files_are_explained(tmp_path, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(TfunetError, match=message):
+        make_config(config_file=path)
+
+
+def test_output_folders_follow_output_dir(tmp_path):
+    config = TrainConfig(output_dir=str(tmp_path))
+    assert config.model_dir == tmp_path / "saved_models"
+    assert config.log_dir == tmp_path / "logs"

@@ -1,0 +1,103 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tfunet.cli.train import main as train_main
+from tfunet.config import make_config
+from tfunet.data.synthetic import generate
+from tfunet.metadata import read_metadata
+from tfunet.model import build_from_config
+from tfunet.train import compile_model, make_optimizer, make_schedule
+
+
+def test_short_fit_lowers_the_loss(tiny_config):
+    keras.utils.set_random_seed(0)
+    tiny_config.epochs, tiny_config.lr = 8, 1e-2
+    data = generate(4, 6, tiny_config.image_size, seed=1)
+    model = compile_model(build_from_config(tiny_config), tiny_config, steps_per_epoch=3)
+    history = model.fit(data["image"].astype("float32"), data["mask"].astype("float32"),
+                        batch_size=8, epochs=tiny_config.epochs, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("warmup_epochs, checks", [
+    (0, [(0, 1e-3), (50, 5e-4), (100, 0.0)]),
+    (2, [(0, 0.0), (20, 1e-3), (60, 5e-4), (100, 0.0)]),
+])
+def test_cosine_schedule_with_optional_warmup(warmup_epochs, checks):
+    config = make_config({"epochs": 10, "warmup_epochs": warmup_epochs, "lr": 1e-3})
+    schedule = make_schedule(config, steps_per_epoch=10)
+    for step, expected in checks:
+        assert float(schedule(step)) == pytest.approx(expected, abs=1e-7)
+    optimizer = make_optimizer(config, steps_per_epoch=10)
+    assert isinstance(optimizer, keras.optimizers.AdamW)
+    assert optimizer.weight_decay == pytest.approx(1e-5)
+
+
+def test_train_writes_every_artefact(trained_model):
+    config = trained_model["config"]
+    logs = config.log_dir
+    assert trained_model["model_path"].is_file()
+    assert (logs / "train_log.csv").read_text().count("\n") == config.epochs + 1
+    assert (logs / "loss_curves.png").stat().st_size > 1000
+    assert any(p.name.startswith("events.out.tfevents") for p in (logs / "tensorboard").rglob("*"))
+    split = json.loads((logs / "split.json").read_text())
+    assert sorted(sum(split.values(), [])) == [f"synth_{i:03d}" for i in range(config.num_patients)]
+    meta = read_metadata(trained_model["model_path"])
+    assert meta["image_size"] == config.image_size and meta["threshold"] == config.threshold
+    assert meta["config"]["base_filters"] == config.base_filters and meta["split"] == split
+    assert 1 <= meta["best"]["epoch"] <= config.epochs
+    for name in ("val", "test"):
+        assert 0.0 <= trained_model["results"][name]["dice_pooled"] <= 1.0
+
+
+def test_saved_model_reloads_in_a_fresh_process_and_predicts_the_same(trained_model, tmp_path):
+    path = trained_model["model_path"]
+    images = generate(1, 4, trained_model["config"].image_size, seed=7)["image"].astype("float32")
+    np.save(tmp_path / "x.npy", images)
+    script = (
+        "import sys, numpy as np, keras, tfunet\n"
+        f"m = keras.saving.load_model({str(path)!r})\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))\n"
+        "print(type(m.loss).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("BCEDiceLoss")
+    here = keras.saving.load_model(path).predict(images, verbose=0)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), here, atol=1e-5)
+
+
+def test_cli_end_to_end_with_a_config_file(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("image-size: 32\nbase-filters: 4\ndepth: 2\nnum-patients: 4\n"
+                   "slices-per-patient: 4\nepochs: 2\nbatch-size: 8\n")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(["tfunet-train", "--config", str(cfg), "--output-dir", str(tmp_path), "--epochs", "1"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "final metrics" in out.stdout
+    assert (tmp_path / "saved_models" / "best_model.keras").is_file()
+    assert (tmp_path / "logs" / "train_log.csv").read_text().count("\n") == 2  # header + 1 epoch
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--image-size", "100"], "image-size 100 is not divisible by 2**depth = 16"),
+    (["--dataset", "lgg", "--data-dir", "/no/such/dir"], "data folder not found: /no/such/dir"),
+    (["--dataset", "lgg"], "--data-dir is required"),
+    (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+    (["--upsampling", "nearest"], "argument --upsampling: invalid choice"),
+    (["--config", "/no/such.yaml"], "config file not found: /no/such.yaml"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("tfunet-train: error: ") and message in err[0]
