@@ -22,6 +22,7 @@ JIT_COMPILE = ("auto", "on", "off")
 MIXED_PRECISION = ("auto", "off", "bfloat16", "float16")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 CHOICES = {"jit_compile": JIT_COMPILE, "mixed_precision": MIXED_PRECISION, "strategy": STRATEGIES}
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")  # tfunet-export --quantize (TFLite)
 
 
 @dataclasses.dataclass
@@ -107,7 +108,7 @@ class TrainConfig:
 # base-16 U-Net reach pooled validation Dice >= 0.80 within about 5 minutes on two CPU cores
 # (scripts/check_default_run.py measures it).
 PRESETS: dict[str, dict[str, Any]] = {
-    "synthetic": dict(image_size=128, base_filters=16, depth=4, epochs=12, batch_size=16,
+    "synthetic": dict(image_size=128, base_filters=16, depth=4, epochs=8, batch_size=16,
                       augment=False),
     "lgg": dict(image_size=256, base_filters=32, depth=4, epochs=130, batch_size=16, augment=True),
 }
