@@ -44,3 +44,15 @@ def trained_model(tmp_path_factory) -> dict:
     config = make_config({**SMALL, "output_dir": str(out)})
     results = train(config, verbose=0)
     return {"config": config, "model_path": config.model_dir / "best_model.keras", "results": results}
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_model, tmp_path_factory) -> dict:
+    """`trained_model` through tfunet-export: {"keras", "saved_model", "tflite"} paths (float32 TFLite)."""
+    from tfunet.export import export
+
+    out = tmp_path_factory.mktemp("exported")
+    written = export(trained_model["model_path"], saved_model=out / "serving" / "1",
+                     tflite=out / "model_float32.tflite")
+    return {"keras": trained_model["model_path"], "saved_model": Path(written["saved_model"]),
+            "tflite": Path(written["tflite"])}

@@ -65,3 +65,15 @@ class LossCurvePlot(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         plot_loss_curves(self.csv_path, self.png_path)
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Add the learning rate at the end of each epoch to the logs (a `learning_rate` column in
+    the CSV log), which shows that a resumed run continued the schedule.
+
+    Place it before `CSVLogger` in the callback list.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

@@ -93,12 +93,33 @@ def recall(pred, truth, averaging="per_slice"):
 
 def all_scores(pred, truth) -> dict[str, float]:
     """Every metric in both averagings, keyed like the Keras metrics ("dice", "dice_pooled", ...)."""
-    tp, fp, fn = confusion_counts(pred, truth)
+    return scores_from_counts(*confusion_counts(pred, truth))
+
+
+def scores_from_counts(tp, fp, fn) -> dict[str, float]:
+    """`all_scores` from per-slice counts, so long evaluations need not keep the masks."""
     out = {}
     for metric in METRICS:
         out[metric] = float(np.mean(ratio_from_counts(metric, tp, fp, fn)))
         out[f"{metric}_pooled"] = float(ratio_from_counts(metric, tp.sum(), fp.sum(), fn.sum()))
     return out
+
+
+def counts_by_patient(patient_ids, tp, fp, fn):
+    """Per-slice counts summed per patient: (sorted ids, tp, fp, fn), each of length n_patients.
+
+    A patient's sums are the counts of its stacked slices as one 3-D volume.
+    """
+    ids, index = np.unique(np.asarray(patient_ids), return_inverse=True)
+    sums = [np.bincount(index, weights=c, minlength=len(ids)).astype(np.int64) for c in (tp, fp, fn)]
+    return (ids, *sums)
+
+
+def patient_scores(metric: str, pred, truth, patient_ids) -> dict[str, float]:
+    """A metric per patient over the patient's slices as one 3-D volume (Buda et al. 2019's
+    per-patient Dice for metric="dice"); pred and truth are (N, ...) slices."""
+    ids, tp, fp, fn = counts_by_patient(patient_ids, *confusion_counts(pred, truth))
+    return dict(zip(ids.tolist(), ratio_from_counts(metric, tp, fp, fn).tolist()))
 
 
 # --- Keras ------------------------------------------------------------------------------------

@@ -56,3 +56,55 @@ def plot_loss_curves(csv_path: str | Path, png_path: str | Path) -> Path:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return Path(png_path)
+
+
+def plot_sample(image, truth, prediction, png_path: str | Path, title: str = "") -> Path:
+    """One slice in four panels: the MRI (its three channels as RGB, as in the original's
+    figures), the ground truth, the prediction, and an overlay on the FLAIR channel in grey
+    (truth green, prediction red, both yellow; grey, because the tumour is green in the RGB)."""
+    import numpy as np
+
+    truth = np.asarray(truth, bool).squeeze()
+    prediction = np.asarray(prediction, bool).squeeze()
+    image = np.asarray(image)
+    flair = image[..., 1 if image.shape[-1] > 1 else 0].astype(np.float32) / 255.0
+    overlay = np.repeat(flair[..., None], 3, axis=-1)
+    colour = np.zeros_like(overlay)
+    colour[..., 0] = prediction
+    colour[..., 1] = truth
+    labelled = truth | prediction
+    overlay[labelled] = 0.45 * overlay[labelled] + 0.55 * colour[labelled]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    panels = (("MRI", image, None), ("ground truth", truth, "gray"), ("prediction", prediction, "gray"),
+              ("FLAIR: truth green, prediction red", overlay, None))
+    for ax, (name, data, cmap) in zip(axes, panels):
+        scale = {"cmap": cmap, "vmin": 0, "vmax": 1} if cmap else {}
+        ax.imshow(data, interpolation="nearest", **scale)
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(png_path)
+
+
+ARCHITECTURE_HELP = ("model_architecture.png needs pydot and Graphviz: pip install 'tfunet[figures]' "
+                     "(or pip install pydot) and install Graphviz's `dot` (apt-get install graphviz, "
+                     "brew install graphviz, or conda install graphviz)")
+
+
+def plot_architecture(model, png_path: str | Path) -> Path | None:
+    """Draw the model with `keras.utils.plot_model`; None when pydot or Graphviz is missing
+    (the caller prints `ARCHITECTURE_HELP`), because the figure is optional."""
+    import keras
+
+    try:
+        with atomic_path(png_path) as tmp:
+            keras.utils.plot_model(model, to_file=str(tmp), show_shapes=True, show_layer_names=True,
+                                   dpi=72)
+    except ImportError:
+        return None
+    return Path(png_path)

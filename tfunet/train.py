@@ -92,7 +92,8 @@ def train(config, verbose: int = 1) -> dict:
     """Train a U-Net as `config` says; return the best model's val/test metrics and timings."""
     start = time.perf_counter()
     # First: multi-worker has to start its collective-ops server before any other TensorFlow op.
-    strategy, task = make_strategy(config.strategy)
+    distribution = make_strategy(config.strategy)
+    strategy, task = distribution.strategy, distribution.task
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
@@ -124,7 +125,7 @@ def train(config, verbose: int = 1) -> dict:
               f"({len(splits.split['train'])}/{len(splits.split['val'])}/{len(splits.split['test'])} patients), "
               f"{config.image_size}x{config.image_size}, {config.epochs} epochs of {steps_per_epoch} steps")
         print(f"tfunet-train: dtype policy {policy}, XLA {'on' if use_jit(config) else 'off'}, "
-              f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__})")
+              f"strategy {distribution.name} with {strategy.num_replicas_in_sync} replica(s)")
 
     with dtype_policy(policy), strategy.scope():
         model = compile_model(build_from_config(config), config, steps_per_epoch)
@@ -139,7 +140,8 @@ def train(config, verbose: int = 1) -> dict:
     train_seconds = time.perf_counter() - start
 
     best_path = config.model_dir / BEST_MODEL
-    best = keras.saving.load_model(best_path)
+    with dtype_policy(policy):  # so a float16 model gets back its loss-scale optimizer's variables
+        best = keras.saving.load_model(best_path)
     results = {"best_model": str(best_path), "epochs": len(history.epoch),
                "train_seconds": round(train_seconds, 1)}
     for name in ("val", "test"):

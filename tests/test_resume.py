@@ -1,0 +1,101 @@
+import csv
+import math
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tfunet.config import make_config
+from tfunet.errors import TfunetError
+from tfunet.metadata import read_metadata
+from tfunet.resume import backed_up_epoch, prepare_resume, truncate_log
+from tfunet.train import make_schedule
+
+HEADER = "epoch,loss,val_dice_pooled\r\n"
+
+
+def _log(tmp_path, rows):
+    path = tmp_path / "train_log.csv"
+    path.write_text(HEADER + "".join(f"{r}\r\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("rows, epochs, kept, best", [
+    (["0,1.0,0.2", "1,0.9,0.5", "2,0.8,0.4"], 2, ["0", "1"], 0.5),
+    (["0,1.0,0.2", "1,0.9,0.5", "2,0.8,0.7"], 2, ["0", "1"], 0.7),  # epoch 2 saved its model, then died
+    (["0,1.0,0.2", "1,0.9,nan", "2,0.8"], 3, ["0", "1"], 0.2),  # NaN ignored, a row cut short dropped
+    (["0,1.0,0.3", "1,0.9,0.1"], 2, ["0", "1"], 0.3),
+    ([], 1, [], None),
+])
+def test_truncate_log_keeps_backed_up_epochs_and_returns_the_best(tmp_path, rows, epochs, kept, best):
+    path = _log(tmp_path, rows)
+    assert truncate_log(path, epochs, "val_dice_pooled") == (pytest.approx(best) if best else None)
+    with path.open(newline="") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == kept
+    assert path.read_bytes().startswith(HEADER.encode())  # the dialect CSVLogger appends in
+
+
+def test_truncate_log_without_a_log(tmp_path):
+    assert truncate_log(tmp_path / "missing.csv", 3, "val_dice_pooled") is None
+
+
+def test_prepare_resume_refuses_other_options(tmp_path):
+    config = make_config({"epochs": 5}).to_dict()
+    assert prepare_resume(tmp_path, config) == 0  # fresh: the options are recorded
+    (tmp_path / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    assert prepare_resume(tmp_path, config) == 2
+    with pytest.raises(TfunetError, match=r"used other options \(epochs, lr\); rerun the same command"):
+        prepare_resume(tmp_path, {**config, "epochs": 6, "lr": 0.1})
+
+
+def test_unreadable_backup_is_a_clear_error(tmp_path):
+    (tmp_path / "training_metadata.json").write_text("{")
+    with pytest.raises(TfunetError, match="unreadable training backup .*; delete .* to start afresh"):
+        backed_up_epoch(tmp_path)
+
+
+RUN = dict(image_size=32, base_filters=4, depth=2, num_patients=5, slices_per_patient=6, epochs=5,
+           batch_size=8, lr=1e-2)
+
+
+def test_kill_9_and_rerun_continues_from_the_last_finished_epoch(tmp_path):
+    args = ["tfunet-train", "--deterministic", "--output-dir", str(tmp_path)]
+    for key, value in RUN.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    backup = tmp_path / "logs" / "backup" / "training_metadata.json"
+    csv_path = tmp_path / "logs" / "train_log.csv"
+
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not backup.is_file() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before it could be killed"
+        assert backup.is_file(), "no epoch finished within the time limit"
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    rows_before = csv_path.read_text().count("\n") - 1
+    assert 1 <= rows_before < RUN["epochs"]
+
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "tfunet-train: resuming after epoch" in second.stdout
+
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(RUN["epochs"]))  # each epoch exactly once
+    steps = math.ceil(int(re.search(r"(\d+) train /", second.stdout).group(1)) / RUN["batch_size"])
+    schedule = make_schedule(make_config(RUN), steps)
+    for row in rows:  # the learning-rate schedule continued where it stopped
+        assert float(row["learning_rate"]) == pytest.approx(float(schedule((int(row["epoch"]) + 1) * steps)),
+                                                            abs=1e-7)
+    best = read_metadata(tmp_path / "saved_models" / "best_model.keras")["best"]["val_dice_pooled"]
+    assert best >= max(float(r["val_dice_pooled"]) for r in rows) - 1e-9
+    assert not backup.parent.exists()  # a finished run removes its backup
