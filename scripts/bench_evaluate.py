@@ -7,7 +7,7 @@ slices/s at 256x256 with a base-32 model on 2 CPU cores.
 
     python scripts/bench_evaluate.py                 # 256 px, base 32, depth 4, 2 threads
     python scripts/bench_evaluate.py --quick         # a smoke test in seconds
-    python scripts/bench_evaluate.py --onednn on     # TF_ENABLE_ONEDNN_OPTS=1 (off by default on AVX2 CPUs)
+    python scripts/bench_evaluate.py --onednn off    # TF_ENABLE_ONEDNN_OPTS=0 (tfunet turns it on on x86)
 
 Run it on a quiet machine: other processes on the same cores lower the numbers.
 """
@@ -60,6 +60,21 @@ def cpu_description() -> dict:
     return info
 
 
+def gflops_per_slice(model) -> float:
+    """Multiply-adds of the convolutions (x2 = FLOPs) for one slice: what any CPU kernel must do,
+    so slices/s can never beat the cores' peak FLOP/s divided by this."""
+    macs = 0
+    for layer in model.layers:
+        if layer.__class__.__name__ in ("Conv2D", "Conv2DTranspose"):
+            kh, kw, cin, cout = layer.kernel.shape
+            if layer.__class__.__name__ == "Conv2DTranspose":  # kernel is (kh, kw, out, in)
+                _, h, w, _ = layer.input.shape  # every input pixel meets the whole kernel once
+            else:
+                _, h, w, _ = layer.output.shape
+            macs += h * w * kh * kw * cin * cout
+    return round(2 * macs / 1e9, 2)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.onednn != "default":
@@ -67,6 +82,7 @@ def main(argv=None) -> int:
     if hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
 
+    import tfunet  # noqa: F401  (before TensorFlow: its settings, as every tfunet command has them)
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -75,7 +91,7 @@ def main(argv=None) -> int:
     from tfunet.config import make_config
     from tfunet.data.sources import DataSplits
     from tfunet.data.synthetic import SyntheticSource
-    from tfunet.evaluate import evaluate, load_predictor
+    from tfunet.evaluate import evaluate, load_scorer
     from tfunet.metadata import make_metadata, write_metadata
     from tfunet.model import build_from_config
 
@@ -97,13 +113,13 @@ def main(argv=None) -> int:
         write_metadata(model_path, make_metadata(config, splits.split))
         for precision in args.precisions.split(","):
             for jit in jits:
-                predictor = load_predictor(model_path, precision=precision, jit_compile=jit,
-                                           batch_size=args.batch_size)
+                scorer = load_scorer(model_path, precision=precision, jit_compile=jit,
+                                     batch_size=args.batch_size)
                 # Warm-up on one patient: tracing and XLA compilation are not scoring speed.
-                evaluate(predictor, splits, "test", batch_size=args.batch_size, progress=False)
+                evaluate(scorer, splits, "test", batch_size=args.batch_size, progress=False)
                 load_before = os.getloadavg()[0]
                 start, cpu_start = time.perf_counter(), time.process_time()
-                result = evaluate(predictor, splits, "all", batch_size=args.batch_size, progress=False)
+                result = evaluate(scorer, splits, "all", batch_size=args.batch_size, progress=False)
                 seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
                 n = result.summary["num_slices"]
                 # CPU seconds per slice barely move when other processes share the cores, unlike
@@ -119,10 +135,10 @@ def main(argv=None) -> int:
         "benchmark": "tfunet-evaluate scoring, no TTA, no post-processing",
         "quick": args.quick,
         "model": {"image_size": args.image_size, "base_filters": args.base_filters, "depth": args.depth,
-                  "parameters": int(model.count_params())},
+                  "parameters": int(model.count_params()), "gflops_per_slice": gflops_per_slice(model)},
         "batch_size": args.batch_size,
         "threads": args.threads,
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default"),
         "tensorflow": tf.__version__,
         "cpu": cpu_description(),
         "results": results,

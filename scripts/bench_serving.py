@@ -1,6 +1,7 @@
 """Benchmark the serving formats and print JSON: latency per slice at batch 1 and throughput at
 batch 16 for Keras, the serving SavedModel and TFLite float32/float16/dynamic/int8 (LiteRT with
-XNNPACK), file sizes, and the int8 model's Dice beside float32's on the model's test patients.
+XNNPACK), file sizes, and the int8 model's Dice beside float32's on the model's test and
+validation patients.
 
     python scripts/bench_serving.py --model saved_models/best_model.keras   # a model trained on lgg
     python scripts/bench_serving.py                    # untrained 256 px base-32 U-Net: speed and sizes only
@@ -11,9 +12,10 @@ What is timed, all at the model's size on `--threads` cores (the process is pinn
   saved_model  the `serving_default` signature on uint8 pixels (resize, probabilities, mask)
   tflite_*     `Interpreter.invoke` (default delegates, i.e. XNNPACK, num_threads=--threads);
                batch 16 resizes the input tensor to 16 when the model allows it, else 16 calls
-Dice: every test slice of the model's own split (its metadata) through float32 and int8 TFLite
-with the metadata's threshold and per-slice post-processing, scored by tfunet.metrics; the goal
-for a model trained on lgg is |int8 - float32| <= 0.01. `--data-dir` if the data moved.
+Dice: every slice of each `--dice-splits` split (test, val) of the model's own patient split
+(its metadata) through float32 and int8 TFLite with the metadata's threshold and per-slice
+post-processing, scored by tfunet.metrics; the goal for a model trained on lgg is
+|int8 - float32| <= 0.01. `--data-dir` if the data moved.
 Run it on a quiet machine: other processes on the same cores lower the numbers.
 """
 
@@ -29,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import tfunet  # noqa: E402,F401  (first: the TensorFlow settings tfunet makes before TensorFlow starts)
+
 DICE_GOAL = 0.01
 
 
@@ -40,7 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=20, help="timed calls per format and batch size")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calibration-samples", type=int, default=100)
-    p.add_argument("--dice-slices", type=int, default=0, help="limit the Dice test slices (0: all)")
+    p.add_argument("--dice-slices", type=int, default=0, help="limit the Dice slices per split (0: all)")
+    p.add_argument("--dice-splits", default="test,val",
+                   help="the model's own splits to score float32 and int8 on (comma list)")
     p.add_argument("--output", help="also write the JSON here")
     return p.parse_args(argv)
 
@@ -124,17 +130,19 @@ def file_size(path: Path) -> int:
     return path.stat().st_size
 
 
-def int8_dice(tflite: dict, meta: dict, data_dir: str | None, limit: int) -> dict:
-    """float32 and int8 TFLite scored on the model's test split, masks as tfunet-predict makes them."""
+def int8_dice(tflite: dict, meta: dict, data_dir: str | None, limit: int, split: str) -> dict:
+    """float32 and int8 TFLite scored on one split of the model's own patient split, masks as
+    tfunet-predict makes them."""
     import numpy as np
 
     from tfunet import metrics
     from tfunet.data.pipeline import make_pipeline
-    from tfunet.evaluate import config_for_model, splits_for_model
+    from tfunet.data.sources import config_for_model, splits_for_model
     from tfunet.predict import load_predictor
 
     config = config_for_model(meta, data_dir=data_dir)
-    ds = make_pipeline(splits_for_model(config, meta).dataset("test"), image_size=int(meta["image_size"]),
+    splits = splits_for_model(config, meta)
+    ds = make_pipeline(splits.dataset(split), image_size=int(meta["image_size"]),
                        batch_size=16, with_metadata=True)
     images, truth = [], []
     for batch in ds:
@@ -143,7 +151,7 @@ def int8_dice(tflite: dict, meta: dict, data_dir: str | None, limit: int) -> dic
     images, truth = np.concatenate(images), np.concatenate(truth)
     if limit:
         images, truth = images[:limit], truth[:limit]
-    result = {"dataset": config.dataset, "test_patients": len(splits_for_model(config, meta).split["test"]),
+    result = {"dataset": config.dataset, "split": split, "patients": len(splits.split[split]),
               "slices": len(images)}
     for quantize in ("none", "int8"):
         masks = load_predictor(tflite[quantize]).predict(images)["mask"]
@@ -207,7 +215,8 @@ def main(argv=None) -> dict:
         sizes = {"keras": file_size(model_path), "saved_model": file_size(serving),
                  **{f"tflite_{'float32' if q == 'none' else q}": file_size(p) for q, p in tflite.items()}}
         # An untrained model's Dice means nothing; --quick still runs the code path on it.
-        dice = int8_dice(tflite, meta, args.data_dir, dice_limit) if args.model or args.quick else None
+        dice = {split: int8_dice(tflite, meta, args.data_dir, dice_limit, split)
+                for split in args.dice_splits.split(",")} if args.model or args.quick else None
 
     result = {
         "model": str(args.model or f"untrained ({'quick' if args.quick else 'lgg architecture'})"),
@@ -217,7 +226,7 @@ def main(argv=None) -> dict:
         "machine": platform.processor() or platform.machine(), "python": sys.version.split()[0],
         "tensorflow": tf.__version__, "load_average_at_start": load_average,
         "repeats": repeats, "export_seconds": round(export_seconds, 1), "speed": formats,
-        "file_bytes": sizes, "calibration_images": len(calibration), "test_dice": dice,
+        "file_bytes": sizes, "calibration_images": len(calibration), "dice": dice,
     }
     text = json.dumps(result, indent=2)
     print(text)

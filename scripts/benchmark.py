@@ -31,6 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import DEFAULT_DATA, images_per_second  # noqa: E402  (one definition of the timing)
 
+import tfunet  # noqa: E402,F401  (first: the TensorFlow settings tfunet makes before TensorFlow starts)
+
 HEADROOM_GOAL = 5.0
 FULL = dict(image_size=256, batch_size=16, base_filters=16, depth=4, steps=10, warmup=2, batches=30)
 QUICK = dict(image_size=64, batch_size=8, base_filters=8, depth=3, steps=3, warmup=1, batches=5)
@@ -187,6 +189,7 @@ def main(argv=None) -> dict:
     headroom = pipeline.get("images_per_s", 0.0) / fastest if fastest else None
     result = {
         "quick": args.quick, "machine": {**machine(), "gpus": gpus}, "tensorflow": tf.__version__,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default"),
         "settings": {k: getattr(args, k) for k in FULL},
         "auto": {"policy": resolve_policy("auto"), "xla": bool(gpus)},
         "training": training, "pipeline": pipeline,

@@ -13,6 +13,7 @@ import pytest
 from tfunet import evaluate as ev
 from tfunet import metrics
 from tfunet.cli.evaluate import main
+from tfunet.data.sources import config_for_model, splits_for_model
 from tfunet.errors import TfunetError
 from tfunet.metadata import read_metadata
 from tfunet.postprocess import Settings
@@ -149,7 +150,7 @@ def oracle(arrays, corrupt=None):
         return np.stack([table[img.tobytes()] for img in images])
 
     meta = {"image_size": 32, "threshold": 0.5, "postprocess": {}}
-    return ev.Predictor(Path("oracle.keras"), meta, predict)
+    return ev.Scorer(Path("oracle.keras"), meta, predict)
 
 
 def test_evaluate_streams_interleaved_patients_and_keeps_seeded_samples(synthetic_arrays):
@@ -249,21 +250,21 @@ def copy_model(trained_model, folder: Path) -> Path:
     return folder / src.name
 
 
-def test_keras_predictor_matches_the_model(trained_model):
+def test_keras_scorer_matches_the_model(trained_model):
     import keras
 
     from tfunet.data.synthetic import generate
 
-    predictor = ev.load_predictor(trained_model["model_path"])
+    predictor = ev.load_scorer(trained_model["model_path"])
     images = generate(2, 3, 64, seed=5)["image"]
     model = keras.saving.load_model(trained_model["model_path"], compile=False)
     expected = 1 / (1 + np.exp(-model.predict(images.astype(np.float32), verbose=0)))
     np.testing.assert_allclose(predictor(images), expected, atol=1e-5)
     # XLA with padding to a fixed batch gives the same numbers for a short last batch.
-    padded = ev.load_predictor(trained_model["model_path"], jit_compile=True, batch_size=8)
+    padded = ev.load_scorer(trained_model["model_path"], jit_compile=True, batch_size=8)
     np.testing.assert_allclose(padded(images), expected, atol=1e-4)
     # bfloat16 keeps about three significant digits.
-    bf16 = ev.load_predictor(trained_model["model_path"], precision="bfloat16")
+    bf16 = ev.load_scorer(trained_model["model_path"], precision="bfloat16")
     assert bf16.keras_model.layers[2].dtype_policy.compute_dtype == "bfloat16"
     assert np.abs(bf16(images) - expected).mean() < 0.02
 
@@ -273,7 +274,7 @@ def test_evaluate_matches_scoring_the_arrays_directly(trained_model):
     from tfunet.data.synthetic import generate
 
     config = trained_model["config"]
-    predictor = ev.load_predictor(trained_model["model_path"])
+    predictor = ev.load_scorer(trained_model["model_path"])
     splits = load_splits(config)
     result = ev.evaluate(predictor, splits, "test", progress=False)
     data = generate(config.num_patients, config.slices_per_patient, config.image_size, config.seed)
@@ -287,35 +288,35 @@ def test_evaluate_matches_scoring_the_arrays_directly(trained_model):
         np.mean(list(reference_patient_dice(pred, truth, data["patient_id"][keep]).values())))
 
 
-def test_load_predictor_errors(trained_model, tmp_path):
+def test_load_scorer_errors(trained_model, tmp_path):
     with pytest.raises(TfunetError, match="model not found: .*missing.keras"):
-        ev.load_predictor(tmp_path / "missing.keras")
+        ev.load_scorer(tmp_path / "missing.keras")
     with pytest.raises(TfunetError, match="precision must be one of float32, bfloat16, got 'float8'"):
-        ev.load_predictor(trained_model["model_path"], precision="float8")
+        ev.load_scorer(trained_model["model_path"], precision="float8")
     lonely = tmp_path / "lonely.keras"
     shutil.copy(trained_model["model_path"], lonely)  # without its metadata
     with pytest.raises(TfunetError, match="model metadata not found: .*lonely.json"):
-        ev.load_predictor(lonely)
+        ev.load_scorer(lonely)
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
     shutil.copy(Path(trained_model["model_path"]).with_suffix(".json"), broken.with_suffix(".json"))
     with pytest.raises(TfunetError, match="cannot load model .*broken.keras"):
-        ev.load_predictor(broken)
+        ev.load_scorer(broken)
 
 
 def test_config_and_split_come_from_the_metadata(trained_model, tmp_path):
     meta = read_metadata(trained_model["model_path"])
-    config = ev.config_for_model(meta, batch_size=3)
+    config = config_for_model(meta, batch_size=3)
     assert (config.dataset, config.image_size, config.num_patients, config.batch_size) == (
         "synthetic", 64, trained_model["config"].num_patients, 3)
-    splits = ev.splits_for_model(config, meta)
+    splits = splits_for_model(config, meta)
     assert splits.split == meta["split"]
     with pytest.raises(TfunetError, match=r"data folder not found: .*nowhere$"):
-        ev.config_for_model(meta, dataset="lgg", data_dir=str(tmp_path / "nowhere"))
+        config_for_model(meta, dataset="lgg", data_dir=str(tmp_path / "nowhere"))
     wrong = {**meta, "split": {"train": ["synth_000"], "val": ["ghost"], "test": []}}
     with pytest.raises(TfunetError, match="the model's training split does not fit this data .*ghost"):
-        ev.splits_for_model(config, wrong)
-    assert len(ev.splits_for_model(config, wrong, need_split=False).patients("all")) == config.num_patients
+        splits_for_model(config, wrong)
+    assert len(splits_for_model(config, wrong, need_split=False).patients("all")) == config.num_patients
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -446,10 +447,10 @@ def exported(trained_model, tmp_path_factory):
 def test_exported_models_score_like_the_keras_model(trained_model, exported, kind):
     from tfunet.data.sources import load_splits
 
-    served = ev.load_predictor(exported[kind])
+    served = ev.load_scorer(exported[kind])
     assert served.keras_model is None and served.builtin_tta is False
     splits = load_splits(trained_model["config"])
-    keras_result = ev.evaluate(ev.load_predictor(trained_model["model_path"]), splits, "val", progress=False)
+    keras_result = ev.evaluate(ev.load_scorer(trained_model["model_path"]), splits, "val", progress=False)
     result = ev.evaluate(served, splits, "val", progress=False)
     assert result.summary["num_slices"] == keras_result.summary["num_slices"]
     for key in ("dice", "dice_pooled", "patient_dice_mean"):

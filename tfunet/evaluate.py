@@ -35,7 +35,7 @@ ORIGINAL_TABLE = (("Dice", "dice"), ("Jaccard", "jaccard"), ("Precision", "preci
 # --- loading a model -----------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class Predictor:
+class Scorer:
     """A saved model as a function: uint8 images (N, H, W, 3) at the model size -> float32
     probabilities (N, H, W, 1)."""
 
@@ -54,8 +54,8 @@ class Predictor:
         return self.predict(np.asarray(images, np.uint8))
 
 
-def load_predictor(path: str | Path, precision: str = "float32", jit_compile: bool = False,
-                   batch_size: int | None = None) -> Predictor:
+def load_scorer(path: str | Path, precision: str = "float32", jit_compile: bool = False,
+                batch_size: int | None = None) -> Scorer:
     """Load a model for scoring, with its metadata.
 
     A `.keras` file gives the raw probabilities at the model size, leaving flip TTA to the
@@ -75,29 +75,16 @@ def load_predictor(path: str | Path, precision: str = "float32", jit_compile: bo
         from tfunet import predict
 
         exported = predict.load_predictor(path)
-        return Predictor(path, exported.meta, exported,
+        return Scorer(path, exported.meta, exported,
                          builtin_tta=bool(exported.meta["postprocess"]["tta_flip"]))
-    from tfunet.export import float32_model, load_keras_model
+    from tfunet.export import float32_model, load_keras_model, rebuild_in_policy
 
     model, meta = load_keras_model(path)
     if precision == "bfloat16":
-        model = _rebuild_in_policy(model, meta, "mixed_bfloat16")
+        model = rebuild_in_policy(model, meta, "mixed_bfloat16")
     else:
         model = float32_model(model, meta)  # a model trained in mixed precision is scored in float32
-    return Predictor(path, meta, _keras_function(model, jit_compile, batch_size), keras_model=model)
-
-
-def _rebuild_in_policy(model, meta: dict, policy: str):
-    """The same U-Net and weights with layers computing in `policy` (a float32-trained model
-    can then run in bfloat16 without retraining)."""
-    from tfunet.config import make_config
-    from tfunet.model import build_from_config
-    from tfunet.precision import dtype_policy
-
-    with dtype_policy(policy):
-        clone = build_from_config(make_config(meta["config"], validate=False))
-    clone.set_weights(model.get_weights())
-    return clone
+    return Scorer(path, meta, _keras_function(model, jit_compile, batch_size), keras_model=model)
 
 
 def _keras_function(model, jit_compile: bool, batch_size: int | None):
@@ -120,55 +107,9 @@ def _keras_function(model, jit_compile: bool, batch_size: int | None):
     return predict
 
 
-# --- the data a model was trained on ---------------------------------------------------------------
-
-def config_for_model(meta: dict, **overrides):
-    """The model's training config with `overrides` (None = keep), so nothing is retyped.
-
-    The image size always comes from the metadata: it is the model's input size.
-    """
-    from tfunet.config import FIELDS, make_config
-
-    saved = {k: v for k, v in (meta.get("config") or {}).items() if k in FIELDS}
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if given.get("dataset", saved.get("dataset")) != saved.get("dataset") and "data_dir" not in given:
-        saved.pop("data_dir", None)  # the training data folder belongs to the other dataset
-    data_dir = given.get("data_dir", saved.get("data_dir"))
-    if data_dir and not Path(data_dir).exists():
-        hint = "" if "data_dir" in given else " (the model's training data; pass --data-dir)"
-        raise TfunetError(f"data folder not found: {data_dir}{hint}")
-    saved.update(given)
-    saved["image_size"] = int(meta.get("image_size", saved.get("image_size", 0)))
-    return make_config(saved)
-
-
-def splits_for_model(config, meta: dict, need_split: bool = True):
-    """The patient split the model was trained with, from its metadata, on `config`'s data.
-
-    A split file (config.split_file) or another dataset than the model's makes a new split as
-    `tfunet-train` would. need_split=False (scoring every patient) tolerates a metadata split
-    that does not fit the data.
-    """
-    from tfunet.data.sources import DataSplits, load_splits, make_source
-    from tfunet.data.split import validate_split
-
-    source = make_source(config)
-    saved = meta.get("split")
-    same_data = (meta.get("config") or {}).get("dataset") == config.dataset
-    if config.split_file or not saved or not same_data:
-        return load_splits(config, source)
-    try:
-        return DataSplits(source, validate_split(saved, source.patients()))
-    except TfunetError as exc:
-        if not need_split:
-            return DataSplits(source, {"train": [], "val": [], "test": []})
-        raise TfunetError(f"the model's training split does not fit this data ({exc}); "
-                          f"pass --split-file, or --split all") from None
-
-
 # --- predicting a split, patient by patient ------------------------------------------------------
 
-def predict_batches(predictor: Predictor, dataset, *, total: int, batch_size: int = 16,
+def predict_batches(scorer: Scorer, dataset, *, total: int, batch_size: int = 16,
                     tta: bool = False, progress: bool = True) -> Iterator[dict]:
     """Run the model over a dataset of slice dicts, batch by batch: dicts of patient_id (str list),
     slice, image (uint8), truth (bool), probs (float32, plain images) and probs_tta (float32,
@@ -177,15 +118,15 @@ def predict_batches(predictor: Predictor, dataset, *, total: int, batch_size: in
 
     from tfunet.data.pipeline import make_pipeline
 
-    ds = make_pipeline(dataset, image_size=predictor.image_size, batch_size=batch_size,
+    ds = make_pipeline(dataset, image_size=scorer.image_size, batch_size=batch_size,
                        with_metadata=True)
     with tqdm(total=total, unit="slice", desc="predicting", disable=not progress) as bar:
         for batch in ds.as_numpy_iterator():
             images = batch["image"]
             if tta:
-                plain, averaged = predict_with_flip(predictor, images)
+                plain, averaged = predict_with_flip(scorer, images)
             else:
-                plain, averaged = predictor(images), None
+                plain, averaged = scorer(images), None
             yield {"patient_id": [p.decode() if isinstance(p, bytes) else str(p) for p in batch["patient_id"]],
                    "slice": batch["slice"], "image": images, "truth": batch["mask"] > 0,
                    "probs": plain, "probs_tta": averaged}
@@ -278,19 +219,19 @@ class Evaluation:
                 "patients": self.summary["patients"], "tuning": self.tuning}
 
 
-def evaluate(predictor: Predictor, splits, split: str = "test", settings: Settings | None = None, *,
+def evaluate(scorer: Scorer, splits, split: str = "test", settings: Settings | None = None, *,
              dataset_name: str = "", batch_size: int = 16, num_samples: int = 0, seed: int = 42,
              progress: bool = True) -> Evaluation:
-    """Score `predictor` on one split of `splits` (a `tfunet.data.sources.DataSplits`).
+    """Score `scorer` on one split of `splits` (a `tfunet.data.sources.DataSplits`).
 
     settings: threshold and post-processing (default: the model's metadata).
     num_samples: keep that many seeded random slices (image, truth, prediction) for figures.
     Only each slice's mask and truth wait for the rest of their patient (for the 3-D step).
     """
-    settings = settings or Settings.from_metadata(predictor.meta)
-    if predictor.builtin_tta is not None and settings.tta_flip != predictor.builtin_tta:
-        raise TfunetError(f"{predictor.path} was exported with flip TTA "
-                          f"{'on' if predictor.builtin_tta else 'off'}; re-export it to change that")
+    settings = settings or Settings.from_metadata(scorer.meta)
+    if scorer.builtin_tta is not None and settings.tta_flip != scorer.builtin_tta:
+        raise TfunetError(f"{scorer.path} was exported with flip TTA "
+                          f"{'on' if scorer.builtin_tta else 'off'}; re-export it to change that")
     counts = _slice_counts(splits, split)
     total = sum(counts.values())
     picks = set(np.random.default_rng(seed).choice(total, size=min(num_samples, total),
@@ -298,8 +239,8 @@ def evaluate(predictor: Predictor, splits, split: str = "test", settings: Settin
 
     def slices():
         position = 0
-        for batch in predict_batches(predictor, splits.dataset(split), total=total, batch_size=batch_size,
-                                     tta=settings.tta_flip and predictor.builtin_tta is None,
+        for batch in predict_batches(scorer, splits.dataset(split), total=total, batch_size=batch_size,
+                                     tta=settings.tta_flip and scorer.builtin_tta is None,
                                      progress=progress):
             probs = batch["probs_tta"] if batch["probs_tta"] is not None else batch["probs"]
             masks = slice_masks(probs, settings)
@@ -319,19 +260,19 @@ def evaluate(predictor: Predictor, splits, split: str = "test", settings: Settin
                      "patient_id": pid, "slice": numbers[i]}
                     for i, image in enumerate(images) if image is not None]
     summary = summarize(*(np.concatenate(c) for c in zip(*slice_counts)), ids)
-    return Evaluation(str(predictor.path), dataset_name, split, settings, summary, samples)
+    return Evaluation(str(scorer.path), dataset_name, split, settings, summary, samples)
 
 
-def collect_validation(predictor: Predictor, splits, *, batch_size: int = 16, tta: bool = True,
+def collect_validation(scorer: Scorer, splits, *, batch_size: int = 16, tta: bool = True,
                        progress: bool = True) -> list[ValidationPatient]:
     """The validation split's truths and probabilities (with flip TTA too when `tta`), for tuning."""
-    if predictor.builtin_tta is not None:
-        raise TfunetError(f"{predictor.path} is an exported model, whose settings are fixed at export: "
+    if scorer.builtin_tta is not None:
+        raise TfunetError(f"{scorer.path} is an exported model, whose settings are fixed at export: "
                           f"tune the .keras model it came from, then export it again")
     counts = _slice_counts(splits, "val")
 
     def slices():
-        for batch in predict_batches(predictor, splits.dataset("val"), total=sum(counts.values()),
+        for batch in predict_batches(scorer, splits.dataset("val"), total=sum(counts.values()),
                                      batch_size=batch_size, tta=tta, progress=progress):
             for i, pid in enumerate(batch["patient_id"]):
                 tta_probs = None if batch["probs_tta"] is None else batch["probs_tta"][i]

@@ -241,7 +241,7 @@ def calibration_images(meta: dict, num_images: int, data_dir: str | None = None)
     """`num_images` training slices of the model's own dataset and split, float32 raw pixels at
     the model size, drawn with the config's seed."""
     from tfunet.data.pipeline import make_pipeline
-    from tfunet.evaluate import config_for_model, splits_for_model
+    from tfunet.data.sources import config_for_model, splits_for_model
 
     config = config_for_model(meta, data_dir=data_dir)
     ds = make_pipeline(splits_for_model(config, meta).dataset("train"), image_size=int(meta["image_size"]),

@@ -1,4 +1,5 @@
-"""Atomic writes: a reader (or a crash) never sees a half-written checkpoint, log or figure."""
+"""Atomic writes: a reader (or a crash) never sees a half-written checkpoint, log or figure.
+And JSON reads that fail with one line naming the file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+from tfunet.errors import TfunetError
 
 
 @contextlib.contextmanager
@@ -36,3 +39,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | Path, what: str, missing_hint: str = ""):
+    """The JSON in `path`; a `TfunetError` naming `what` (e.g. "split file") if it is missing
+    or not valid JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise TfunetError(f"{what} not found: {path}{missing_hint}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TfunetError(f"{what} {path} is not valid JSON: {exc}") from None

@@ -8,12 +8,10 @@ the decision threshold, post-processing, the training config, the split, the tfu
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 from typing import Any
 
-from tfunet.errors import TfunetError
-from tfunet.fileio import write_json
+from tfunet.fileio import read_json, write_json
 from tfunet.version import __version__
 
 DEFAULT_POSTPROCESS = {"min_component_pixels": 0, "largest_3d_component": False, "tta_flip": False}
@@ -50,12 +48,7 @@ def write_metadata(model_path: str | Path, meta: dict[str, Any]) -> Path:
 def read_metadata(model_path: str | Path) -> dict[str, Any]:
     """The metadata of a saved model; a clear error if it is missing or unreadable."""
     path = metadata_path(model_path)
-    if not path.is_file():
-        raise TfunetError(f"model metadata not found: {path} (it is written beside the model by tfunet-train)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TfunetError(f"model metadata {path} is not valid JSON: {exc}") from None
+    meta = read_json(path, "model metadata", " (it is written beside the model by tfunet-train)")
     meta.setdefault("postprocess", {})
     meta["postprocess"] = {**DEFAULT_POSTPROCESS, **meta["postprocess"]}
     return meta

@@ -55,7 +55,7 @@ def make_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
 
 def use_jit(config) -> bool:
     """The one XLA rule: `auto` is on with a GPU, off on CPUs, where XLA measured slower than
-    TensorFlow's own kernels (README "Speed and scale", scripts/benchmark.py)."""
+    TensorFlow's oneDNN kernels (README "Speed and scale", scripts/benchmark.py)."""
     if config.jit_compile == "auto":
         return bool(tf.config.list_physical_devices("GPU"))
     return config.jit_compile == "on"

@@ -95,6 +95,7 @@ def _run(args) -> int:
 
     from tfunet import evaluate as ev
     from tfunet import plots
+    from tfunet.data.sources import config_for_model, splits_for_model
     from tfunet.metadata import read_metadata, update_metadata
     from tfunet.metrics import dice
     from tfunet.postprocess import Settings, tune
@@ -105,15 +106,15 @@ def _run(args) -> int:
         raise TfunetError(f"model not found: {model_path}")
     tuning = args.tune or args.tune_threshold
     meta = read_metadata(model_path)
-    config = ev.config_for_model(meta, dataset=args.dataset, data_dir=args.data_dir,
-                                 cache_dir=args.cache_dir, split_file=args.split_file,
-                                 batch_size=args.batch_size, seed=args.seed, jit_compile=args.jit_compile)
+    config = config_for_model(meta, dataset=args.dataset, data_dir=args.data_dir,
+                              cache_dir=args.cache_dir, split_file=args.split_file,
+                              batch_size=args.batch_size, seed=args.seed, jit_compile=args.jit_compile)
     settings = _settings(args, Settings.from_metadata(meta))  # checks the values before any work
     log_dir = Path(args.log_dir) if args.log_dir else Path(args.output_dir) / "logs"
     train_log = _train_log(log_dir, config) if args.loss_curves else None
-    predictor = ev.load_predictor(model_path, precision=args.precision, jit_compile=use_jit(config),
-                                  batch_size=config.batch_size)
-    splits = ev.splits_for_model(config, meta, need_split=tuning or args.split != "all")
+    scorer = ev.load_scorer(model_path, precision=args.precision, jit_compile=use_jit(config),
+                            batch_size=config.batch_size)
+    splits = splits_for_model(config, meta, need_split=tuning or args.split != "all")
 
     tuning_report = None
     if tuning:
@@ -121,7 +122,7 @@ def _run(args) -> int:
         start = Settings() if args.tune else settings
         print(f"tfunet-evaluate: tuning {', '.join(steps)} on {splits.num_slices('val')} validation slices "
               f"for {args.tune_metric}", file=sys.stderr)
-        val = ev.collect_validation(predictor, splits, batch_size=config.batch_size,
+        val = ev.collect_validation(scorer, splits, batch_size=config.batch_size,
                                     tta="tta_flip" in steps, progress=args.progress)
         chosen, steps_report = tune(val, ev.objective(args.tune_metric), steps=steps, start=start)
         tuning_report = {"objective": args.tune_metric, "split": "val", "steps": steps_report}
@@ -136,7 +137,7 @@ def _run(args) -> int:
             print("tfunet-evaluate: note: scoring the split the settings were tuned on overstates them",
                   file=sys.stderr)
 
-    result = ev.evaluate(predictor, splits, args.split, settings, dataset_name=config.dataset,
+    result = ev.evaluate(scorer, splits, args.split, settings, dataset_name=config.dataset,
                          batch_size=config.batch_size, num_samples=args.num_samples, seed=config.seed,
                          progress=args.progress)
     result.tuning = tuning_report
@@ -149,10 +150,10 @@ def _run(args) -> int:
         written.append(plots.plot_sample(sample["image"], sample["truth"], sample["prediction"],
                                          log_dir / f"sample_{i}.png", title))
     if args.architecture:
-        if predictor.keras_model is None:
+        if scorer.keras_model is None:
             print("tfunet-evaluate: note: model_architecture.png needs a .keras model", file=sys.stderr)
         else:
-            drawn = plots.plot_architecture(predictor.keras_model, log_dir / "model_architecture.png")
+            drawn = plots.plot_architecture(scorer.keras_model, log_dir / "model_architecture.png")
             if drawn:
                 written.append(drawn)
             else:

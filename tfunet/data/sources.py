@@ -14,6 +14,7 @@ New datasets only have to implement `patients()` and `dataset(patient_ids)`.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Protocol
 
 from tfunet.data.split import SPLITS, read_split_file, split_patients, validate_split
@@ -73,3 +74,44 @@ def load_splits(config, source: SliceSource | None = None) -> DataSplits:
     else:
         split = split_patients(ids, seed=config.seed)
     return DataSplits(source, split)
+
+
+def config_for_model(meta: dict, **overrides):
+    """The model's training config with `overrides` (None = keep), so nothing is retyped.
+
+    The image size always comes from the metadata: it is the model's input size.
+    """
+    from tfunet.config import FIELDS, make_config
+
+    saved = {k: v for k, v in (meta.get("config") or {}).items() if k in FIELDS}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("dataset", saved.get("dataset")) != saved.get("dataset") and "data_dir" not in given:
+        saved.pop("data_dir", None)  # the training data folder belongs to the other dataset
+    data_dir = given.get("data_dir", saved.get("data_dir"))
+    if data_dir and not Path(data_dir).exists():
+        hint = "" if "data_dir" in given else " (the model's training data; pass --data-dir)"
+        raise TfunetError(f"data folder not found: {data_dir}{hint}")
+    saved.update(given)
+    saved["image_size"] = int(meta.get("image_size", saved.get("image_size", 0)))
+    return make_config(saved)
+
+
+def splits_for_model(config, meta: dict, need_split: bool = True):
+    """The patient split the model was trained with, from its metadata, on `config`'s data.
+
+    A split file (config.split_file) or another dataset than the model's makes a new split as
+    `tfunet-train` would. need_split=False (scoring every patient) tolerates a metadata split
+    that does not fit the data.
+    """
+    source = make_source(config)
+    saved = meta.get("split")
+    same_data = (meta.get("config") or {}).get("dataset") == config.dataset
+    if config.split_file or not saved or not same_data:
+        return load_splits(config, source)
+    try:
+        return DataSplits(source, validate_split(saved, source.patients()))
+    except TfunetError as exc:
+        if not need_split:
+            return DataSplits(source, {"train": [], "val": [], "test": []})
+        raise TfunetError(f"the model's training split does not fit this data ({exc}); "
+                          f"pass --split-file, or --split all") from None

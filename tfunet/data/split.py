@@ -3,13 +3,12 @@ test scores measure generalisation to new patients, not to neighbouring slices."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tfunet.errors import TfunetError
-from tfunet.fileio import write_json
+from tfunet.fileio import read_json, write_json
 
 SPLITS = ("train", "val", "test")
 
@@ -57,13 +56,7 @@ def validate_split(split: dict, known_ids) -> dict[str, list[str]]:
 
 
 def read_split_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise TfunetError(f"split file not found: {path}")
-    try:
-        split = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TfunetError(f"split file {path} is not valid JSON: {exc}") from None
+    split = read_json(path, "split file")
     if not isinstance(split, dict):
         raise TfunetError(f"split file {path} must hold {{'train': [...], 'val': [...], 'test': [...]}}")
     return split

@@ -1,0 +1,49 @@
+"""Model metadata: where it lives, defaults filled on read, merges on update, clear errors."""
+
+import pytest
+
+from tfunet.config import make_config
+from tfunet.errors import TfunetError
+from tfunet.metadata import (DEFAULT_POSTPROCESS, make_metadata, metadata_path, read_metadata,
+                             update_metadata, write_metadata)
+
+
+@pytest.mark.parametrize("name, is_dir, expected", [
+    ("best_model.keras", False, "best_model.json"),
+    ("unet_int8.tflite", False, "unet_int8.json"),
+    ("serving/1", True, "serving/1/tfunet.json"),
+])
+def test_metadata_path(tmp_path, name, is_dir, expected):
+    model = tmp_path / name
+    if is_dir:
+        model.mkdir(parents=True)
+    assert metadata_path(model) == tmp_path / expected
+
+
+def test_round_trip_and_update(tmp_path):
+    config = make_config({"image_size": 64})
+    model = tmp_path / "m.keras"
+    write_metadata(model, make_metadata(config, {"train": ["a"], "val": ["b"], "test": ["c"]}))
+    meta = read_metadata(model)
+    assert meta["image_size"] == 64 and meta["split"]["val"] == ["b"]
+    assert meta["config"] == config.to_dict()
+    updated = update_metadata(model, threshold=0.3, postprocess={"min_component_pixels": 20})
+    assert updated == read_metadata(model)
+    assert updated["threshold"] == 0.3
+    assert updated["postprocess"] == {**DEFAULT_POSTPROCESS, "min_component_pixels": 20}
+
+
+def test_older_metadata_gets_default_postprocessing(tmp_path):
+    (tmp_path / "old.json").write_text('{"image_size": 32}')
+    assert read_metadata(tmp_path / "old.keras")["postprocess"] == DEFAULT_POSTPROCESS
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "model metadata not found: .*written beside the model by tfunet-train"),
+    ("[1, 2", "model metadata .* is not valid JSON"),
+])
+def test_read_errors(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "m.json").write_text(content)
+    with pytest.raises(TfunetError, match=message):
+        read_metadata(tmp_path / "m.keras")
