@@ -1,5 +1,7 @@
 """Model metadata: where it lives, defaults filled on read, merges on update, clear errors."""
 
+from pathlib import Path
+
 import pytest
 
 from tfunet.config import make_config
@@ -26,11 +28,24 @@ def test_round_trip_and_update(tmp_path):
     write_metadata(model, make_metadata(config, {"train": ["a"], "val": ["b"], "test": ["c"]}))
     meta = read_metadata(model)
     assert meta["image_size"] == 64 and meta["split"]["val"] == ["b"]
-    assert meta["config"] == config.to_dict()
+    assert meta["config"] == {**config.to_dict(), "output_dir": str(Path.cwd())}
     updated = update_metadata(model, threshold=0.3, postprocess={"min_component_pixels": 20})
     assert updated == read_metadata(model)
     assert updated["threshold"] == 0.3
     assert updated["postprocess"] == {**DEFAULT_POSTPROCESS, "min_component_pixels": 20}
+
+
+def test_paths_are_stored_absolute(tmp_path, monkeypatch):
+    """A model trained with --data-dir ../data must find its data from any working directory."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    config = make_config({"dataset": "lgg", "data_dir": "../data", "cache_dir": "~/tfds",
+                          "output_dir": "out"})
+    saved = make_metadata(config)["config"]
+    assert saved["data_dir"] == str(tmp_path / "data")
+    assert saved["cache_dir"] == str(Path("~/tfds").expanduser())
+    assert saved["output_dir"] == str(tmp_path / "run" / "out")
 
 
 def test_older_metadata_gets_default_postprocessing(tmp_path):

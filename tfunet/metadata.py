@@ -25,6 +25,11 @@ def metadata_path(model_path: str | Path) -> Path:
 
 
 def make_metadata(config, split: dict[str, list[str]] | None = None, **extra: Any) -> dict[str, Any]:
+    saved = config.to_dict()
+    # Absolute paths, so that evaluate/export find the training data from any working directory.
+    for key in ("data_dir", "cache_dir", "output_dir"):
+        if saved.get(key):
+            saved[key] = str(Path(saved[key]).expanduser().resolve())
     meta = {
         "tfunet_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -32,7 +37,7 @@ def make_metadata(config, split: dict[str, list[str]] | None = None, **extra: An
         "channels": 3,
         "threshold": config.threshold,
         "postprocess": dict(DEFAULT_POSTPROCESS),
-        "config": config.to_dict(),
+        "config": saved,
         "split": split,
     }
     meta.update(extra)
