@@ -134,7 +134,8 @@ def train(config, verbose: int = 1) -> dict:
     best_so_far = truncate_log(config.log_dir / "train_log.csv", resumed, MONITOR) if resumed else None
     if verbose and resumed:
         print(f"tfunet-train: resuming after epoch {resumed} from {backup_dir(config)}")
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+    # shuffle=False: the tf.data pipeline already shuffles, seeded (Keras would only warn).
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,
                         callbacks=make_callbacks(config, metadata, bool(resumed), best_so_far),
                         verbose=verbose)
     train_seconds = time.perf_counter() - start
