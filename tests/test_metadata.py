@@ -41,9 +41,10 @@ def test_paths_are_stored_absolute(tmp_path, monkeypatch):
     (tmp_path / "run").mkdir()
     monkeypatch.chdir(tmp_path / "run")
     config = make_config({"dataset": "lgg", "data_dir": "../data", "cache_dir": "~/tfds",
-                          "output_dir": "out"})
+                          "split_file": "split.json", "output_dir": "out"})
     saved = make_metadata(config)["config"]
     assert saved["data_dir"] == str(tmp_path / "data")
+    assert saved["split_file"] == str(tmp_path / "run" / "split.json")
     assert saved["cache_dir"] == str(Path("~/tfds").expanduser())
     assert saved["output_dir"] == str(tmp_path / "run" / "out")
 

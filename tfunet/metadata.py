@@ -26,8 +26,9 @@ def metadata_path(model_path: str | Path) -> Path:
 
 def make_metadata(config, split: dict[str, list[str]] | None = None, **extra: Any) -> dict[str, Any]:
     saved = config.to_dict()
-    # Absolute paths, so that evaluate/export find the training data from any working directory.
-    for key in ("data_dir", "cache_dir", "output_dir"):
+    # Absolute paths, so that evaluate/export find the training data and split from any
+    # working directory.
+    for key in ("data_dir", "cache_dir", "split_file", "output_dir"):
         if saved.get(key):
             saved[key] = str(Path(saved[key]).expanduser().resolve())
     meta = {
