@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import tfunet  # noqa: E402,F401  (first: the TensorFlow settings tfunet makes before TensorFlow starts)
+from tfunet.runtime import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow starts, as every tfunet command does
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "lgg" / "kaggle_3m"
 GOAL_SLICES_PER_S = 33.0

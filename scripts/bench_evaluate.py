@@ -82,7 +82,9 @@ def main(argv=None) -> int:
     if hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
 
-    import tfunet  # noqa: F401  (before TensorFlow: its settings, as every tfunet command has them)
+    from tfunet.runtime import configure_tensorflow
+
+    configure_tensorflow()  # before TensorFlow: its settings, as every tfunet command has them
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)

@@ -31,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import tfunet  # noqa: E402,F401  (first: the TensorFlow settings tfunet makes before TensorFlow starts)
+from tfunet.runtime import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow starts, as every tfunet command does
 
 DICE_GOAL = 0.01
 
@@ -178,15 +180,15 @@ def main(argv=None) -> dict:
     import tensorflow as tf
 
     from tfunet.config import QUANTIZATIONS
-    from tfunet.export import (calibration_images, export_saved_model, export_tflite, float32_model,
-                               is_mixed_precision, load_keras_model)
+    from tfunet.export import calibration_images, export_saved_model, export_tflite
+    from tfunet.loading import float32_model, is_mixed_precision, load_keras_model
 
     with tempfile.TemporaryDirectory(prefix="tfunet-bench-serving-") as tmp:
         tmp = Path(tmp)
         model_path = Path(args.model) if args.model else untrained_model(tmp, args.quick)
         model, meta = load_keras_model(model_path)
         rebuilt = is_mixed_precision(model)
-        model = float32_model(model, meta)
+        model = float32_model(model)  # once, not once per export
         size = int(meta["image_size"])
         config = meta.get("config") or {}
 

@@ -31,7 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import DEFAULT_DATA, images_per_second  # noqa: E402  (one definition of the timing)
 
-import tfunet  # noqa: E402,F401  (first: the TensorFlow settings tfunet makes before TensorFlow starts)
+from tfunet.runtime import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow starts, as every tfunet command does
 
 HEADROOM_GOAL = 5.0
 FULL = dict(image_size=256, batch_size=16, base_filters=16, depth=4, steps=10, warmup=2, batches=30)

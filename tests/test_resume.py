@@ -11,8 +11,10 @@ import pytest
 from tfunet.config import make_config
 from tfunet.errors import TfunetError
 from tfunet.metadata import read_metadata
-from tfunet.resume import backed_up_epoch, prepare_resume, truncate_log
-from tfunet.train import make_schedule
+from tfunet.fileio import write_json
+from tfunet.precision import resolve_policy
+from tfunet.resume import backed_up_epoch, backup_dir, prepare_resume, truncate_log
+from tfunet.train import make_schedule, train
 
 HEADER = "epoch,loss,val_dice_pooled\r\n"
 
@@ -49,6 +51,18 @@ def test_prepare_resume_refuses_other_options(tmp_path):
     assert prepare_resume(tmp_path, config) == 2
     with pytest.raises(TfunetError, match=r"used other options \(epochs, lr\); rerun the same command"):
         prepare_resume(tmp_path, {**config, "epochs": 6, "lr": 0.1})
+
+
+def test_resume_refuses_a_backup_made_under_another_policy(tiny_config):
+    """`auto` can mean bfloat16 on one machine and float32 on the next: the resolved policy is
+    compared too, not only the config."""
+    other = "float32" if resolve_policy("auto") != "float32" else "mixed_bfloat16"
+    backup = backup_dir(tiny_config)
+    backup.mkdir(parents=True)
+    write_json(backup / "tfunet_config.json", {**tiny_config.to_dict(), "policy": other})
+    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    with pytest.raises(TfunetError, match=r"used other options \(policy\)"):
+        train(tiny_config, verbose=0)
 
 
 def test_unreadable_backup_is_a_clear_error(tmp_path):

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from tfunet.config import make_config
 from tfunet.data.synthetic import generate
 from tfunet.metadata import read_metadata
 from tfunet.model import build_from_config
+from tfunet.precision import resolve_policy
 from tfunet.train import compile_model, make_optimizer, make_schedule
 
 
@@ -53,6 +55,7 @@ def test_train_writes_every_artefact(trained_model):
     assert meta["image_size"] == config.image_size and meta["threshold"] == config.threshold
     assert meta["config"]["base_filters"] == config.base_filters and meta["split"] == split
     assert 1 <= meta["best"]["epoch"] <= config.epochs
+    assert meta["policy"] == resolve_policy("auto") and meta["config"]["mixed_precision"] == "auto"
     for name in ("val", "test"):
         assert 0.0 <= trained_model["results"][name]["dice_pooled"] <= 1.0
 
@@ -62,8 +65,8 @@ def test_saved_model_reloads_in_a_fresh_process_and_predicts_the_same(trained_mo
     images = generate(1, 4, trained_model["config"].image_size, seed=7)["image"].astype("float32")
     np.save(tmp_path / "x.npy", images)
     script = (
-        "import sys, numpy as np, keras, tfunet\n"
-        f"m = keras.saving.load_model({str(path)!r})\n"
+        "import sys, numpy as np, tfunet\n"
+        f"m = tfunet.load_model({str(path)!r})\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))\n"
         "print(type(m.loss).__name__)\n"
     )
@@ -78,11 +81,16 @@ def test_cli_end_to_end_with_a_config_file(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text("image-size: 32\nbase-filters: 4\ndepth: 2\nnum-patients: 4\n"
                    "slices-per-patient: 4\nepochs: 2\nbatch-size: 8\n")
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    # Without the TensorFlow settings this test process made: the command must make them itself.
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
     out = subprocess.run(["tfunet-train", "--config", str(cfg), "--output-dir", str(tmp_path), "--epochs", "1"],
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "final metrics" in out.stdout
+    # Output to a file or pipe: one line per epoch, no progress-bar redraws, no ERROR-level log line.
+    assert "\r" not in out.stdout and "\b" not in out.stdout and "━" not in out.stdout
+    assert re.search(r"^1/1 - \d+s - .*loss: ", out.stdout, re.M), out.stdout
+    assert not re.findall(r"^E\d{4} .*", out.stderr, re.M)
     assert (tmp_path / "saved_models" / "best_model.keras").is_file()
     assert (tmp_path / "logs" / "train_log.csv").read_text().count("\n") == 2  # header + 1 epoch
 

@@ -97,6 +97,10 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise TfunetError(f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
                                   f"got {getattr(self, name)!r}")
+        if self.mixed_precision == "auto":
+            from tfunet.precision import auto_override
+
+            auto_override()  # a bad TFUNET_AUTO_PRECISION fails here, before any work
         if self.dataset != "synthetic" and not self.data_dir:
             raise TfunetError(f"--data-dir is required for dataset {self.dataset!r}")
         if self.data_dir and not Path(self.data_dir).exists():

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tfunet import metrics
+from tfunet.console import progress_enabled
 from tfunet.errors import TfunetError
 from tfunet.fileio import write_json, write_text
 from tfunet.postprocess import Settings, ValidationPatient, patient_mask, predict_with_flip, slice_masks
@@ -45,6 +46,7 @@ class Scorer:
     keras_model: object = None  # the Keras model when there is one (for the architecture figure)
     # An exported model applies the flip TTA its export chose (True/False) itself; None: .keras.
     builtin_tta: bool | None = None
+    policy: str = "float32"  # the dtype policy the model computes in here
 
     @property
     def image_size(self) -> int:
@@ -77,14 +79,14 @@ def load_scorer(path: str | Path, precision: str = "float32", jit_compile: bool 
         exported = predict.load_predictor(path)
         return Scorer(path, exported.meta, exported,
                          builtin_tta=bool(exported.meta["postprocess"]["tta_flip"]))
-    from tfunet.export import float32_model, load_keras_model, rebuild_in_policy
+    from tfunet.loading import load_keras_model, rebuild_in_policy
 
     model, meta = load_keras_model(path)
-    if precision == "bfloat16":
-        model = rebuild_in_policy(model, meta, "mixed_bfloat16")
-    else:
-        model = float32_model(model, meta)  # a model trained in mixed precision is scored in float32
-    return Scorer(path, meta, _keras_function(model, jit_compile, batch_size), keras_model=model)
+    policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+    # A model trained in mixed precision is scored in float32 unless bfloat16 is asked for.
+    model = rebuild_in_policy(model, meta, policy)
+    return Scorer(path, meta, _keras_function(model, jit_compile, batch_size), keras_model=model,
+                  policy=policy)
 
 
 def _keras_function(model, jit_compile: bool, batch_size: int | None):
@@ -110,7 +112,7 @@ def _keras_function(model, jit_compile: bool, batch_size: int | None):
 # --- predicting a split, patient by patient ------------------------------------------------------
 
 def predict_batches(scorer: Scorer, dataset, *, total: int, batch_size: int = 16,
-                    tta: bool = False, progress: bool = True) -> Iterator[dict]:
+                    tta: bool = False, progress: bool | None = None) -> Iterator[dict]:
     """Run the model over a dataset of slice dicts, batch by batch: dicts of patient_id (str list),
     slice, image (uint8), truth (bool), probs (float32, plain images) and probs_tta (float32,
     averaged with the mirror images, or None without `tta`)."""
@@ -120,7 +122,7 @@ def predict_batches(scorer: Scorer, dataset, *, total: int, batch_size: int = 16
 
     ds = make_pipeline(dataset, image_size=scorer.image_size, batch_size=batch_size,
                        with_metadata=True)
-    with tqdm(total=total, unit="slice", desc="predicting", disable=not progress) as bar:
+    with tqdm(total=total, unit="slice", desc="predicting", disable=not progress_enabled(progress)) as bar:
         for batch in ds.as_numpy_iterator():
             images = batch["image"]
             if tta:
@@ -211,9 +213,15 @@ class Evaluation:
     summary: dict
     samples: list = dataclasses.field(default_factory=list)  # dicts for the sample figures
     tuning: dict | None = None
+    policy: str = "float32"  # what scoring computed in
+    trained_policy: str | None = None  # what training computed in (None: not recorded)
+
+    def describe_policy(self) -> str:
+        return f"scored in {self.policy}, trained in {self.trained_policy or 'an unrecorded policy'}"
 
     def to_json(self) -> dict:
         return {"model": self.model, "dataset": self.dataset, "split": self.split,
+                "policy": self.policy, "trained_policy": self.trained_policy,
                 "settings": dataclasses.asdict(self.settings), "metrics": {
                     k: v for k, v in self.summary.items() if k != "patients"},
                 "patients": self.summary["patients"], "tuning": self.tuning}
@@ -221,7 +229,7 @@ class Evaluation:
 
 def evaluate(scorer: Scorer, splits, split: str = "test", settings: Settings | None = None, *,
              dataset_name: str = "", batch_size: int = 16, num_samples: int = 0, seed: int = 42,
-             progress: bool = True) -> Evaluation:
+             progress: bool | None = None) -> Evaluation:
     """Score `scorer` on one split of `splits` (a `tfunet.data.sources.DataSplits`).
 
     settings: threshold and post-processing (default: the model's metadata).
@@ -260,11 +268,12 @@ def evaluate(scorer: Scorer, splits, split: str = "test", settings: Settings | N
                      "patient_id": pid, "slice": numbers[i]}
                     for i, image in enumerate(images) if image is not None]
     summary = summarize(*(np.concatenate(c) for c in zip(*slice_counts)), ids)
-    return Evaluation(str(scorer.path), dataset_name, split, settings, summary, samples)
+    return Evaluation(str(scorer.path), dataset_name, split, settings, summary, samples,
+                      policy=scorer.policy, trained_policy=scorer.meta.get("policy"))
 
 
 def collect_validation(scorer: Scorer, splits, *, batch_size: int = 16, tta: bool = True,
-                       progress: bool = True) -> list[ValidationPatient]:
+                       progress: bool | None = None) -> list[ValidationPatient]:
     """The validation split's truths and probabilities (with flip TTA too when `tta`), for tuning."""
     if scorer.builtin_tta is not None:
         raise TfunetError(f"{scorer.path} is an exported model, whose settings are fixed at export: "
@@ -307,7 +316,7 @@ def to_markdown(ev: Evaluation) -> str:
     lines = [f"# tfunet evaluation: {ev.split} split", "",
              f"Model `{ev.model}`, dataset {ev.dataset or 'n/a'}: {s['num_slices']} slices of "
              f"{s['num_patients']} patients, {s['num_tumour_slices']} with tumour. "
-             f"Post-processing: {ev.settings.describe()}.", "",
+             f"Post-processing: {ev.settings.describe()}. Dtype policy: {ev.describe_policy()}.", "",
              "## The PyTorch original's table (each figure per slice, then averaged)", "",
              "| Metric | Value |", "| --- | --- |"]
     lines += [f"| {label} | {_fmt(s[key])} |" for label, key in ORIGINAL_TABLE]
@@ -346,7 +355,7 @@ def print_table(ev: Evaluation) -> str:
     ]
     width = max(len(label) for label, _ in rows)
     head = (f"{ev.split}: {s['num_slices']} slices, {s['num_patients']} patients "
-            f"({ev.settings.describe()})")
+            f"({ev.settings.describe()}; {ev.describe_policy()})")
     return "\n".join([head] + [f"  {label:<{width}}  {value}" for label, value in rows])
 
 

@@ -23,8 +23,11 @@ LiteRT runtime runs it. Input: fixed 1 x size x size x 3 float32 of raw 0..255 p
 on training images of the model's own split; float input/output are quantized at the edges).
 Resizing and post-processing happen outside the .tflite, in `tfunet.predict`.
 
-A model trained under a mixed-precision policy is rebuilt in float32 first (a bfloat16 graph
-does not convert to TFLite, and serving should not depend on the trainer's hardware).
+Every entry point here (`ServingModule`, `export_saved_model`, `convert_tflite`,
+`export_tflite`, `export`) takes a model of any dtype policy and rebuilds it in float32 itself,
+through `tfunet.loading.float32_model`: a bfloat16 graph does not convert to TFLite, and
+serving should not depend on the trainer's hardware. Every export's metadata records
+`export.policy: float32`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ import tensorflow as tf
 from tfunet.config import QUANTIZATIONS
 from tfunet.errors import TfunetError
 from tfunet.fileio import atomic_path
-from tfunet.metadata import metadata_path, read_metadata, write_metadata
+from tfunet.loading import FLOAT32, float32_model, is_mixed_precision, load_keras_model
+from tfunet.metadata import metadata_path, write_metadata
 
 METADATA_ASSET = "tfunet.json"
 
@@ -123,11 +127,11 @@ INPUT_HINT = "tfunet: `images` must be a uint8 batch N x H x W x 3 of raw RGB pi
 
 
 class ServingModule(tf.Module):
-    """The SavedModel's root: the float32 Keras model and the `serving_default` function."""
+    """The SavedModel's root: the model rebuilt in float32 and the `serving_default` function."""
 
     def __init__(self, model: keras.Model, meta: dict):
         super().__init__(name="tfunet_serving")
-        self.model = model
+        self.model = float32_model(model)
         # meta is captured by the closure, not stored: a tf.Module would try to track the dict.
         self.serve = tf.function(lambda images: self._serve(images, meta), input_signature=[IMAGES_SPEC])
 
@@ -141,54 +145,6 @@ class ServingModule(tf.Module):
             images = tf.identity(images)
         probs = serving_probabilities(images, self.probability_at_model_size, meta)
         return {"probabilities": probs, "mask": metadata_mask(probs, meta)}
-
-
-# --- loading and rebuilding -------------------------------------------------------------------
-
-def load_keras_model(path: str | Path) -> tuple[keras.Model, dict]:
-    """A .keras model and its metadata; clear errors for a missing or unreadable file."""
-    path = Path(path)
-    if path.suffix != ".keras":
-        raise TfunetError(f"--model must be a .keras file, got {path}")
-    if not path.is_file():
-        raise TfunetError(f"model not found: {path}")
-    meta = read_metadata(path)
-    import tfunet  # noqa: F401  (registers tfunet's custom objects for loading)
-
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as exc:
-        raise TfunetError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None
-    return model, meta
-
-
-def is_mixed_precision(model: keras.Model) -> bool:
-    return any(layer.dtype_policy.compute_dtype != "float32" for layer in model.layers)
-
-
-def rebuild_in_policy(model: keras.Model, meta: dict, policy: str) -> keras.Model:
-    """The same U-Net (built by `build_unet` from the metadata's config) and weights, with its
-    layers computing in the Keras dtype policy `policy`. Variables are float32 under every
-    policy, so copying them loses nothing."""
-    from tfunet.config import FIELDS, make_config
-    from tfunet.model import build_from_config
-    from tfunet.precision import dtype_policy
-
-    saved = {k: v for k, v in (meta.get("config") or {}).items() if k in FIELDS}
-    saved["image_size"] = int(meta["image_size"])
-    with dtype_policy(policy):
-        clone = build_from_config(make_config(saved, validate=False))
-    try:
-        clone.set_weights(model.get_weights())
-    except ValueError as exc:
-        raise TfunetError(f"the model's metadata config does not describe the model: "
-                          f"{str(exc).splitlines()[0]}") from None
-    return clone
-
-
-def float32_model(model: keras.Model, meta: dict) -> keras.Model:
-    """The model itself if it computes in float32, else a float32 rebuild with its weights."""
-    return rebuild_in_policy(model, meta, "float32") if is_mixed_precision(model) else model
 
 
 # --- SavedModel -------------------------------------------------------------------------------
@@ -205,8 +161,15 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def export_record(meta: dict, **fields) -> dict:
+    """`meta` with its `export` record extended by `fields` and the policy exports run in."""
+    return {**meta, "export": {**meta.get("export", {}), **fields, "policy": FLOAT32}}
+
+
 def export_saved_model(model: keras.Model, meta: dict, out_dir: str | Path) -> Path:
-    """Write the serving SavedModel to `out_dir` (metadata at out_dir/tfunet.json and in assets/)."""
+    """Write the serving SavedModel of `model` (any dtype policy; served in float32) to
+    `out_dir` (metadata at out_dir/tfunet.json and in assets/)."""
+    meta = export_record(meta)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise TfunetError(f"--saved-model must be a folder, but {out_dir} is a file")
@@ -259,13 +222,16 @@ def _check_quantize(quantize: str) -> None:
 
 def convert_tflite(model: keras.Model, image_size: int, quantize: str = "none",
                    calibration: np.ndarray | None = None) -> bytes:
-    """The .tflite bytes of `model` (float32) with a sigmoid, fixed batch 1, built-in ops only."""
+    """The .tflite bytes of `model` with a sigmoid, fixed batch 1, built-in ops only.
+
+    `model` may compute in any dtype policy: it is rebuilt in float32 from its own layer
+    configs (`tfunet.loading.float32_model`), so no metadata is needed."""
     _check_quantize(quantize)
     if quantize == "int8" and calibration is None:
         raise TfunetError("int8 quantization needs calibration images")
     spec = tf.TensorSpec((1, image_size, image_size, model.inputs[0].shape[-1]), tf.float32, name="image")
     with tempfile.TemporaryDirectory() as scratch:
-        probability_model(model).export(scratch, format="tf_saved_model", input_signature=[spec],
+        probability_model(float32_model(model)).export(scratch, format="tf_saved_model", input_signature=[spec],
                                         verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -281,17 +247,16 @@ def convert_tflite(model: keras.Model, image_size: int, quantize: str = "none",
 
 def export_tflite(model: keras.Model, meta: dict, out_path: str | Path, quantize: str = "none",
                   calibration: np.ndarray | None = None) -> Path:
-    """Write a .tflite atomically, with its metadata beside it (out.json)."""
+    """Write a .tflite of `model` (any dtype policy; converted in float32) atomically, with its
+    metadata beside it (out.json)."""
     out_path = Path(out_path)
     if out_path.suffix != ".tflite":
         raise TfunetError(f"--tflite must end in .tflite, got {out_path}")
     content = convert_tflite(model, int(meta["image_size"]), quantize, calibration)
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(content)
-    export = {**meta.get("export", {}), "tflite_quantize": quantize}
-    if calibration is not None:
-        export["calibration_images"] = len(calibration)
-    write_metadata(out_path, {**meta, "export": export})
+    extra = {"calibration_images": len(calibration)} if calibration is not None else {}
+    write_metadata(out_path, export_record(meta, tflite_quantize=quantize, **extra))
     return out_path
 
 
@@ -311,9 +276,9 @@ def export(model_path: str | Path, saved_model: str | Path | None = None,
         raise TfunetError(f"--calibration-samples must be at least 1, got {calibration_samples}")
     model, meta = load_keras_model(model_path)
     rebuilt = is_mixed_precision(model)
-    model = float32_model(model, meta)
-    meta = {**meta, "export": {"source": str(model_path), "rebuilt_in_float32": rebuilt}}
-    written = {"rebuilt_in_float32": rebuilt}
+    model = float32_model(model)  # once here, so the SavedModel and the TFLite share one rebuild
+    meta = export_record(meta, source=str(model_path), rebuilt_in_float32=rebuilt)
+    written = {"rebuilt_in_float32": rebuilt, "policy": FLOAT32}
     if saved_model is not None:
         written["saved_model"] = str(export_saved_model(model, meta, saved_model))
     if tflite is not None:

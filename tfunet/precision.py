@@ -7,7 +7,10 @@
     CPU with AVX512-BF16 or AMX-BF16                          mixed_bfloat16
     other CPUs (e.g. AVX2-only, where bfloat16 is emulated)   float32
 
-An explicit choice (off, bfloat16, float16) is obeyed on any device. Whatever the policy, the
+An explicit choice (off, bfloat16, float16) is obeyed on any device. The environment variable
+`TFUNET_AUTO_PRECISION` (off, bfloat16 or float16) replaces what `auto` resolves to, e.g. to pin
+a whole CI run or a cluster job to one policy whatever CPU it lands on; an explicit choice
+still wins over it. Whatever the policy, the
 model's last layer, the loss and the metrics compute in float32 (see tfunet.model,
 tfunet.losses, tfunet.metrics), and float16 training gets dynamic loss scaling from
 `Model.compile`.
@@ -16,11 +19,15 @@ tfunet.losses, tfunet.metrics), and float16 training gets dynamic loss scaling f
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
+
+from tfunet.errors import TfunetError
 
 POLICIES = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 MIN_FLOAT16_CAPABILITY = (7, 0)
+AUTO_ENV = "TFUNET_AUTO_PRECISION"
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -47,16 +54,32 @@ def gpu_capabilities() -> list[tuple[int, int] | None]:
     return caps
 
 
+def auto_override() -> str | None:
+    """The policy `TFUNET_AUTO_PRECISION` pins `auto` to, or None when it is unset or empty."""
+    value = os.environ.get(AUTO_ENV, "").strip()
+    if not value:
+        return None
+    if value not in POLICIES:
+        raise TfunetError(f"{AUTO_ENV}={value!r} is not one of {', '.join(POLICIES)}")
+    return POLICIES[value]
+
+
 def resolve_policy(choice: str, gpus: list | None = None, flags: frozenset | None = None) -> str:
     """The Keras dtype policy name for a `--mixed-precision` choice.
 
     gpus: compute capabilities of the visible GPUs (queried when None).
     flags: CPU feature flags (read from /proc/cpuinfo when None); only used without GPUs.
+    `TFUNET_AUTO_PRECISION` applies to `auto` only when both are None (probing this machine),
+    so a call that describes its hardware stays independent of the environment.
     """
     if choice in POLICIES:
         return POLICIES[choice]
     if choice != "auto":
-        raise ValueError(f"unknown mixed-precision choice {choice!r}")
+        raise TfunetError(f"unknown mixed-precision choice {choice!r}; choose auto, {', '.join(POLICIES)}")
+    if gpus is None and flags is None:
+        pinned = auto_override()
+        if pinned:
+            return pinned
     gpus = gpu_capabilities() if gpus is None else gpus
     if gpus:
         fast = all(cap is not None and tuple(cap) >= MIN_FLOAT16_CAPABILITY for cap in gpus)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfunet.console import interactive
 from tfunet.errors import TfunetError
 from tfunet.fileio import atomic_path
 
@@ -60,11 +61,11 @@ class Predictor:
 def _keras_predictor(path: Path) -> Predictor:
     import tensorflow as tf
 
-    from tfunet.export import (IMAGES_SPEC, ServingModule, float32_model, load_keras_model,
-                               serving_probabilities)
+    from tfunet.export import IMAGES_SPEC, ServingModule, serving_probabilities
+    from tfunet.loading import load_keras_model
 
     model, meta = load_keras_model(path)
-    module = ServingModule(float32_model(model, meta), meta)
+    module = ServingModule(model, meta)  # rebuilds the model in float32
     # Probabilities alone (no mask) for callers that threshold themselves, e.g. evaluation.
     probabilities = tf.function(
         lambda images: serving_probabilities(images, module.probability_at_model_size, meta),
@@ -204,7 +205,8 @@ def collect_inputs(inputs, out_dir: Path) -> tuple[list[tuple[Path, Path]], list
 def predict_files(inputs, model: str | Path, out_dir: str | Path, progress: bool | None = None) -> bool:
     """Write <name>_mask.png (0/255) and <name>_overlay.png under out_dir for every image in
     `inputs` (files or folders). A file that cannot be read or predicted is reported on one line
-    and skipped. Returns True if any input failed. progress: a bar (default: when a folder is given)."""
+    and skipped. Returns True if any input failed. progress: a bar (default: when a folder is given
+    and stderr is a terminal)."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -213,7 +215,7 @@ def predict_files(inputs, model: str | Path, out_dir: str | Path, progress: bool
     predictor = load_predictor(model)
     jobs, problems = collect_inputs(inputs, out_dir)
     if progress is None:
-        progress = any(Path(item).is_dir() for item in inputs)
+        progress = interactive() and any(Path(item).is_dir() for item in inputs)
     for message in problems:
         print(f"tfunet-predict: {message}", file=sys.stderr)
     failed = bool(problems)

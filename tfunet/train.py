@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 
 import keras
@@ -88,9 +89,14 @@ def make_callbacks(config, metadata: dict, resumed: bool = False,
     ]
 
 
-def train(config, verbose: int = 1) -> dict:
-    """Train a U-Net as `config` says; return the best model's val/test metrics and timings."""
+def train(config, verbose: int | None = None) -> dict:
+    """Train a U-Net as `config` says; return the best model's val/test metrics and timings.
+
+    verbose: Keras's fit verbosity; by default a progress bar on a terminal and one line per
+    epoch otherwise (a log file would fill up with the bar's redraws)."""
     start = time.perf_counter()
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
     # First: multi-worker has to start its collective-ops server before any other TensorFlow op.
     distribution = make_strategy(config.strategy)
     strategy, task = distribution.strategy, distribution.task
@@ -129,8 +135,10 @@ def train(config, verbose: int = 1) -> dict:
 
     with dtype_policy(policy), strategy.scope():
         model = compile_model(build_from_config(config), config, steps_per_epoch)
-    metadata = make_metadata(config, splits.split)
-    resumed = prepare_resume(backup_dir(config), user_config.to_dict())
+    # "policy" is what ran; config.mixed_precision is what was asked for (e.g. "auto").
+    metadata = make_metadata(config, splits.split, policy=policy)
+    # The resolved policy is compared too: `auto` may mean bfloat16 on one machine, float32 on another.
+    resumed = prepare_resume(backup_dir(config), {**user_config.to_dict(), "policy": policy})
     best_so_far = truncate_log(config.log_dir / "train_log.csv", resumed, MONITOR) if resumed else None
     if verbose and resumed:
         print(f"tfunet-train: resuming after epoch {resumed} from {backup_dir(config)}")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from tfunet.errors import TfunetError
+from tfunet.runtime import configure_tensorflow
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -24,8 +25,11 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_command(prog: str, body: Callable[[], object]) -> int:
     """Run a command body; a `TfunetError` becomes one line on stderr and exit status 2.
 
-    The body may return an int to choose the exit status itself (e.g. 1 when some inputs failed).
+    TensorFlow's settings (`tfunet.runtime`) are applied first: setting them imports nothing,
+    so `--help` and argument errors still answer at once. The body may return an int to choose
+    the exit status itself (e.g. 1 when some inputs failed).
     """
+    configure_tensorflow()
     try:
         status = body()
     except TfunetError as exc:

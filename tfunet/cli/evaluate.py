@@ -62,7 +62,9 @@ def build_parser() -> ArgumentParser:
                      help="XLA for the forward pass (auto: on GPUs, off on CPUs, as in training)")
     run.add_argument("--output-dir", default=".", help="reports and figures go to OUTPUT_DIR/logs (default .)")
     run.add_argument("--log-dir", help="write reports and figures here instead of OUTPUT_DIR/logs")
-    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    run.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="a progress bar (default: only when stderr is a terminal)")
+    run.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 

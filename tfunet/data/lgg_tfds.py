@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 
 from tfunet.data.lgg import (IMAGE_SHAPE, SLICE_PATTERN, BadFile, Location, list_slices, locate,
                              read_slice, report_bad)
+from tfunet.console import interactive
 from tfunet.errors import TfunetError
 
 SPLIT = "slices"
@@ -163,6 +164,8 @@ def prepare(source: Location, cache_dir: str | Path | None = None,
                                      description=f"prepared from {source}")
     builder = LggMriSegmentation(source=source, skip_bad=skip_bad, config=config,
                                  data_dir=os.path.expanduser(str(cache_dir or DEFAULT_CACHE)))
+    if not interactive():  # TFDS's bars would fill a log file with redraws
+        tfds.disable_progress_bar()
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             try_download_gcs=False, manual_dir=str(source.path)))

@@ -1,0 +1,133 @@
+"""Is bfloat16 training as good as float32? Paired runs by seed, best validation Dice per policy.
+
+For each seed, trains the same config twice, once under float32 (`--mixed-precision off`) and
+once under bfloat16, and records the best validation pooled Dice of each. Prints JSON with the
+per-run rows, the mean per policy and the paired difference (bfloat16 - float32) mean +- sd,
+and a verdict by the rule tfunet's `auto` follows:
+  * bfloat16 worse by more than 0.01 and by more than the sd: `auto` must not train in it;
+  * |difference| < sd: no measurable difference;
+  * otherwise: the difference as measured.
+Rows are written to --output after every run, and a rerun skips the rows already there, so a
+killed run resumes. On a CPU without bfloat16 instructions bfloat16 is emulated (~15x slower);
+--bf16-xla (default there) compiles the bfloat16 arm with XLA, which emulates it faster.
+
+    python scripts/bench_precision.py --output scripts/results/precision_synthetic.json
+    python scripts/bench_precision.py --dataset lgg --data-dir DIR/kaggle_3m \\
+        --output scripts/results/precision_lgg.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from tfunet.runtime import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow starts, as every tfunet command does
+
+POLICIES = ("off", "bfloat16")
+LGG_BUDGET = dict(image_size=128, base_filters=16, epochs=10)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=("synthetic", "lgg"), default="synthetic")
+    p.add_argument("--data-dir", help="lgg: a folder of LGG patients (kaggle_3m)")
+    p.add_argument("--cache-dir", help="lgg: where prepared shards go")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--epochs", type=int, help="default: the dataset preset (synthetic) or 10 (lgg)")
+    p.add_argument("--bf16-xla", choices=("auto", "on", "off"), default="auto",
+                   help="XLA for the bfloat16 arm (auto: on where the CPU has no bfloat16 instructions)")
+    p.add_argument("--output", required=True, help="JSON file; finished rows in it are skipped")
+    return p.parse_args(argv)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_bfloat16() -> bool:
+    from tfunet.precision import BF16_CPU_FLAGS, cpu_flags
+
+    return bool(BF16_CPU_FLAGS & cpu_flags())
+
+
+def run_one(args, seed: int, precision: str) -> dict:
+    import keras
+
+    from tfunet.config import make_config
+    from tfunet.metadata import read_metadata
+    from tfunet.train import train
+
+    xla = args.bf16_xla == "on" or (args.bf16_xla == "auto" and not cpu_has_bfloat16())
+    overrides = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir,
+                 "seed": seed, "mixed_precision": precision,
+                 "jit_compile": "on" if precision == "bfloat16" and xla else "off"}
+    if args.dataset == "lgg":
+        overrides.update(LGG_BUDGET)
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    keras.backend.clear_session()
+    with tempfile.TemporaryDirectory(prefix="tfunet-precision-") as out:
+        config = make_config({**overrides, "output_dir": out})
+        results = train(config, verbose=0)
+        meta = read_metadata(config.model_dir / "best_model.keras")
+    return {"seed": seed, "precision": precision, "policy": meta["policy"], "xla": config.jit_compile == "on",
+            "best_val_dice_pooled": round(meta["best"]["val_dice_pooled"], 4),
+            "best_epoch": meta["best"]["epoch"], "epochs": config.epochs, "image_size": config.image_size,
+            "base_filters": config.base_filters, "train_seconds": results["train_seconds"]}
+
+
+def summarize(rows: list[dict]) -> dict:
+    by = {(r["seed"], r["precision"]): r["best_val_dice_pooled"] for r in rows}
+    seeds = sorted({s for s, _ in by if all((s, p) in by for p in POLICIES)})
+    out = {p: round(statistics.mean(by[s, p] for s in seeds), 4) if seeds else None for p in POLICIES}
+    diffs = [by[s, "bfloat16"] - by[s, "off"] for s in seeds]
+    out["paired_seeds"] = seeds
+    if len(diffs) < 2:
+        out["verdict"] = "needs at least two paired seeds"
+        return out
+    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    out.update(difference_mean=round(mean, 4), difference_sd=round(sd, 4))
+    if mean < -0.01 and -mean > sd:
+        out["verdict"] = "bfloat16 is worse: auto must not train in it"
+    elif abs(mean) < sd:
+        out["verdict"] = "no measurable difference"
+    else:
+        out["verdict"] = f"bfloat16 - float32 = {mean:+.4f} (sd {sd:.4f})"
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    output = Path(args.output)
+    rows = json.loads(output.read_text())["runs"] if output.is_file() else []
+    done = {(r["seed"], r["precision"]) for r in rows}
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(),
+               "bfloat16_instructions": cpu_has_bfloat16()}
+    for seed in args.seeds:
+        for precision in POLICIES:
+            if (seed, precision) in done:
+                continue
+            rows.append(run_one(args, seed, precision))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+            result = {"dataset": args.dataset, "machine": machine, "runs": rows, "summary": summarize(rows)}
+            tmp = output.with_name(f".{output.name}.tmp")
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            os.replace(tmp, output)
+    result = {"dataset": args.dataset, "machine": machine, "runs": rows, "summary": summarize(rows)}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
