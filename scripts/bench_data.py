@@ -48,7 +48,8 @@ def main(argv=None) -> dict:
 
     import tfunet.data.lgg_tfds  # noqa: F401  (imported here: import time is not preparation time)
     from tfunet.data.augment import augment
-    from tfunet.data.lgg import LGGSource, locate
+    from tfunet.data.lgg import locate
+    from tfunet.data.lgg_tfds import LGGSource
     from tfunet.data.pipeline import make_pipeline
 
     with tempfile.TemporaryDirectory(prefix="tfunet-bench-") as tmp:

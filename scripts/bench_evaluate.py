@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 TARGET_SLICES_PER_S = 10.0
+MIXED_PRECISION = {"float32": "off", "bfloat16": "bfloat16"}  # --precisions names -> load_predictor
 
 
 def parse_args(argv=None):
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
     from tfunet.config import make_config
     from tfunet.data.sources import DataSplits
     from tfunet.data.synthetic import SyntheticSource
-    from tfunet.evaluate import evaluate, load_scorer
+    from tfunet.evaluate import evaluate
+    from tfunet.predictor import load_predictor
     from tfunet.metadata import make_metadata, write_metadata
     from tfunet.model import build_from_config
 
@@ -115,8 +117,8 @@ def main(argv=None) -> int:
         write_metadata(model_path, make_metadata(config, splits.split))
         for precision in args.precisions.split(","):
             for jit in jits:
-                scorer = load_scorer(model_path, precision=precision, jit_compile=jit,
-                                     batch_size=args.batch_size)
+                scorer = load_predictor(model_path, mixed_precision=MIXED_PRECISION[precision],
+                                        jit_compile=jit, batch_size=args.batch_size)
                 # Warm-up on one patient: tracing and XLA compilation are not scoring speed.
                 evaluate(scorer, splits, "test", batch_size=args.batch_size, progress=False)
                 load_before = os.getloadavg()[0]

@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from tfunet.config import QUANTIZATIONS
+    from tfunet.export import QUANTIZATIONS
     from tfunet.export import calibration_images, export_saved_model, export_tflite
     from tfunet.loading import float32_model, is_mixed_precision, load_keras_model
 

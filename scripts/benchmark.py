@@ -54,7 +54,8 @@ def bench_training(args) -> dict:
     from tfunet.data.synthetic import generate
     from tfunet.model import build_from_config
     from tfunet.precision import dtype_policy, resolve_policy
-    from tfunet.train import compile_model, use_jit
+    from tfunet.runtime import use_jit
+    from tfunet.train import compile_model
 
     config = make_config(dict(image_size=args.image_size, batch_size=args.batch_size,
                               base_filters=args.base_filters, depth=args.depth,
@@ -90,7 +91,7 @@ def bench_pipeline(args) -> dict:
 
     data_dir = Path(args.data_dir) if args.data_dir else None
     if data_dir and data_dir.exists():
-        from tfunet.data.lgg import LGGSource
+        from tfunet.data.lgg_tfds import LGGSource
 
         with tempfile.TemporaryDirectory(prefix="tfunet-bench-") as tmp:
             start = time.perf_counter()

@@ -17,6 +17,7 @@ from tfunet.data.sources import config_for_model, splits_for_model
 from tfunet.errors import TfunetError
 from tfunet.metadata import read_metadata
 from tfunet.postprocess import Settings
+from tfunet.predictor import load_predictor
 
 # --- every figure on hand-computed slices (4 pixels each) --------------------------------------
 
@@ -99,7 +100,8 @@ def test_patient_dice_matches_a_numpy_reference():
     ids = [f"p{i // 10}" for i in range(40)]
     order = rng.permutation(40)  # slice order must not matter
     expected = reference_patient_dice(pred, truth, ids)
-    got = metrics.patient_scores("dice", pred[order], truth[order], np.array(ids)[order])
+    summary = ev.summarize(*metrics.confusion_counts(pred[order], truth[order]), np.array(ids)[order])
+    got = {pid: p["dice_3d"] for pid, p in summary["patients"].items()}
     assert got.keys() == expected.keys()
     for pid in expected:
         assert got[pid] == pytest.approx(expected[pid])
@@ -142,15 +144,21 @@ def synthetic_arrays():
     return generate(num_patients=4, slices_per_patient=5, image_size=32, seed=3)
 
 
-def oracle(arrays, corrupt=None):
-    """A predictor that knows every mask (so every figure is known), optionally wrong on some slices."""
-    table = {img.tobytes(): m.astype(np.float32) for img, m in zip(arrays["image"], arrays["mask"])}
+class Oracle:
+    """A fake model (the `tfunet.predictor.ModelRunner` protocol) that knows every mask, so
+    every figure is known."""
 
-    def predict(images):
-        return np.stack([table[img.tobytes()] for img in images])
-
+    path, policy, builtin_tta, image_size = Path("oracle.keras"), "float32", None, 32
     meta = {"image_size": 32, "threshold": 0.5, "postprocess": {}}
-    return ev.Scorer(Path("oracle.keras"), meta, predict)
+
+    def __init__(self, arrays):
+        self.table = {img.tobytes(): m.astype(np.float32) for img, m in zip(arrays["image"], arrays["mask"])}
+
+    def raw(self, images):
+        return np.stack([self.table[img.tobytes()] for img in images])
+
+
+oracle = Oracle
 
 
 def test_evaluate_streams_interleaved_patients_and_keeps_seeded_samples(synthetic_arrays):
@@ -254,18 +262,19 @@ def test_keras_scorer_matches_the_model(trained_model, probability_atol):
     from tfunet.data.synthetic import generate
     from tfunet.loading import float32_model, load_keras_model
 
-    predictor = ev.load_scorer(trained_model["model_path"])
+    predictor = load_predictor(trained_model["model_path"])
     images = generate(2, 3, 64, seed=5)["image"]
     model, _ = load_keras_model(trained_model["model_path"])
     # Scoring runs the float32 rebuild, whatever policy the model was trained under.
     expected = 1 / (1 + np.exp(-float32_model(model).predict(images.astype(np.float32), verbose=0)))
-    np.testing.assert_allclose(predictor(images), expected, atol=1e-5)
+    np.testing.assert_allclose(predictor.raw(images), expected, atol=1e-5)
     # XLA with padding to a fixed batch gives the same numbers for a short last batch.
-    padded = ev.load_scorer(trained_model["model_path"], jit_compile=True, batch_size=8)
-    np.testing.assert_allclose(padded(images), expected, atol=1e-4)
-    bf16 = ev.load_scorer(trained_model["model_path"], precision="bfloat16")
+    padded = load_predictor(trained_model["model_path"], jit_compile=True, batch_size=8)
+    np.testing.assert_allclose(padded.raw(images), expected, atol=1e-4)
+    bf16 = load_predictor(trained_model["model_path"], mixed_precision="bfloat16")
     assert bf16.keras_model.layers[2].dtype_policy.compute_dtype == "bfloat16"
-    np.testing.assert_allclose(bf16(images), expected, atol=probability_atol("mixed_bfloat16"))
+    assert bf16.policy == "mixed_bfloat16"
+    np.testing.assert_allclose(bf16.raw(images), expected, atol=probability_atol("mixed_bfloat16"))
 
 
 def test_evaluate_matches_scoring_the_arrays_directly(trained_model):
@@ -273,12 +282,12 @@ def test_evaluate_matches_scoring_the_arrays_directly(trained_model):
     from tfunet.data.synthetic import generate
 
     config = trained_model["config"]
-    predictor = ev.load_scorer(trained_model["model_path"])
+    predictor = load_predictor(trained_model["model_path"])
     splits = load_splits(config)
     result = ev.evaluate(predictor, splits, "test", progress=False)
     data = generate(config.num_patients, config.slices_per_patient, config.image_size, config.seed)
     keep = np.isin(data["patient_id"], splits.patients("test"))
-    pred = predictor(data["image"][keep]) >= 0.5
+    pred = predictor.raw(data["image"][keep]) >= 0.5
     truth = data["mask"][keep] > 0
     expected = metrics.all_scores(pred, truth)
     for key in ("dice", "jaccard", "precision", "recall", "dice_pooled"):
@@ -287,20 +296,20 @@ def test_evaluate_matches_scoring_the_arrays_directly(trained_model):
         np.mean(list(reference_patient_dice(pred, truth, data["patient_id"][keep]).values())))
 
 
-def test_load_scorer_errors(trained_model, tmp_path):
+def test_load_predictor_errors(trained_model, tmp_path):
     with pytest.raises(TfunetError, match="model not found: .*missing.keras"):
-        ev.load_scorer(tmp_path / "missing.keras")
-    with pytest.raises(TfunetError, match="precision must be one of float32, bfloat16, got 'float8'"):
-        ev.load_scorer(trained_model["model_path"], precision="float8")
+        load_predictor(tmp_path / "missing.keras")
+    with pytest.raises(TfunetError, match="unknown mixed-precision choice 'float8'"):
+        load_predictor(trained_model["model_path"], mixed_precision="float8")
     lonely = tmp_path / "lonely.keras"
     shutil.copy(trained_model["model_path"], lonely)  # without its metadata
     with pytest.raises(TfunetError, match="model metadata not found: .*lonely.json"):
-        ev.load_scorer(lonely)
+        load_predictor(lonely)
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
     shutil.copy(Path(trained_model["model_path"]).with_suffix(".json"), broken.with_suffix(".json"))
     with pytest.raises(TfunetError, match="cannot load model .*broken.keras"):
-        ev.load_scorer(broken)
+        load_predictor(broken)
 
 
 def test_config_and_split_come_from_the_metadata(trained_model, tmp_path):
@@ -438,8 +447,8 @@ def test_cli_reports_missing_model_and_training_log(trained_model, tmp_path, cap
 
 @pytest.fixture(scope="module")
 def exported(trained_model, tmp_path_factory):
-    export = pytest.importorskip("tfunet.export")
-    pytest.importorskip("tfunet.predict")
+    from tfunet import export
+
     out = tmp_path_factory.mktemp("export")
     export.export(trained_model["model_path"], saved_model=out / "serving", tflite=out / "model.tflite")
     return {"saved_model": out / "serving", "tflite": out / "model.tflite"}
@@ -449,10 +458,10 @@ def exported(trained_model, tmp_path_factory):
 def test_exported_models_score_like_the_keras_model(trained_model, exported, kind):
     from tfunet.data.sources import load_splits
 
-    served = ev.load_scorer(exported[kind])
+    served = load_predictor(exported[kind])
     assert served.keras_model is None and served.builtin_tta is False
     splits = load_splits(trained_model["config"])
-    keras_result = ev.evaluate(ev.load_scorer(trained_model["model_path"]), splits, "val", progress=False)
+    keras_result = ev.evaluate(load_predictor(trained_model["model_path"]), splits, "val", progress=False)
     result = ev.evaluate(served, splits, "val", progress=False)
     assert result.summary["num_slices"] == keras_result.summary["num_slices"]
     for key in ("dice", "dice_pooled", "patient_dice_mean"):
@@ -469,15 +478,17 @@ def test_cli_scores_a_saved_model_but_does_not_tune_it(exported, tmp_path, capsy
     assert "is an exported model, whose settings are fixed at export" in capsys.readouterr().err
     assert main([*base, "--tta"]) == 2
     assert "was exported with flip TTA off; re-export it" in capsys.readouterr().err
-    assert main([*base, "--precision", "bfloat16"]) == 2
-    assert "--precision bfloat16 needs a .keras model" in capsys.readouterr().err
+    assert main([*base, "--mixed-precision", "bfloat16"]) == 2
+    assert "--mixed-precision bfloat16 needs a .keras model" in capsys.readouterr().err
+    assert main([*base, "--precision", "bfloat16"]) == 2  # the deprecated alias still works, and says so
+    err = capsys.readouterr().err
+    assert "--precision is deprecated" in err and "--mixed-precision bfloat16 needs a .keras model" in err
 
 
 # --- real data -----------------------------------------------------------------------------------
 
 def test_cli_scores_real_lgg_slices(trained_model, lgg_dir, tmp_path, capsys):
     """The synthetic model on three real patients: the LGG path runs end to end (not accuracy)."""
-    pytest.importorskip("tfunet.data.lgg")
     root = tmp_path / "kaggle_3m"
     root.mkdir()
     for patient in ("TCGA_CS_4943_20000902", "TCGA_CS_6667_20011105", "TCGA_HT_7680_19970202"):

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
-from scipy import ndimage
 
 from tfunet.cli.export import main as export_main
 from tfunet.config import make_config
 from tfunet.data.pipeline import make_pipeline
 from tfunet.data.sources import load_splits
 from tfunet.errors import TfunetError
-from tfunet.export import (INPUT_HINT, ServingModule, calibration_images, export, export_saved_model,
-                           export_tflite, postprocess_mask, remove_small_components)
+from tfunet.export import calibration_images, export, export_saved_model, export_tflite
 from tfunet.loading import float32_model, load_keras_model
 from tfunet.metadata import read_metadata
-from tfunet.predict import load_predictor
+from tfunet.postprocess import Settings, remove_small_components, slice_masks, slice_masks_tf
+from tfunet.predictor import load_predictor
+from tfunet.serving import INPUT_HINT, ServingModule
 
 
 @pytest.fixture(scope="module")
@@ -112,37 +112,6 @@ def test_saved_model_rejects_wrong_dtype_or_shape(serving, images, message):
 
 # --- post-processing inside the graph ---------------------------------------------------------
 
-def scipy_remove_small(mask, min_pixels):
-    """Reference: 4-connected components per slice with scipy.ndimage."""
-    out = np.zeros_like(mask)
-    for i, slice_ in enumerate(mask):
-        labels, _ = ndimage.label(slice_)
-        sizes = np.bincount(labels.ravel())
-        out[i] = (sizes >= min_pixels)[labels] & slice_
-    return out
-
-
-def _blobs():
-    mask = np.zeros((2, 12, 12), bool)
-    mask[0, 1:3, 1:3] = True  # 4 pixels
-    mask[0, 5:8, 5:9] = True  # 12 pixels
-    mask[0, 8, 8] = mask[0, 9, 9] = True  # a pixel attached, one only touching diagonally
-    mask[1, ::2, :] = True  # rows joined at alternate ends: one 84-pixel snake
-    mask[1, 1::4, -1] = mask[1, 3::4, 0] = True
-    return mask
-
-
-@pytest.mark.parametrize("mask, min_pixels", [
-    (_blobs(), 1), (_blobs(), 2), (_blobs(), 5), (_blobs(), 13), (_blobs(), 85),
-    (np.zeros((1, 8, 8), bool), 3),
-    (np.ones((1, 8, 8), bool), 64), (np.ones((1, 8, 8), bool), 65),
-    (np.random.default_rng(0).random((3, 40, 40)) > 0.45, 6),
-])
-def test_remove_small_components_matches_scipy(mask, min_pixels):
-    got = remove_small_components(tf.constant(mask), min_pixels).numpy()
-    np.testing.assert_array_equal(got, scipy_remove_small(mask, min_pixels))
-
-
 @pytest.mark.parametrize("size, min_pixels, kept", [
     (16, 4, True),    # a 2x2 square at the model size: 4 >= 4
     (16, 5, False),
@@ -153,8 +122,9 @@ def test_min_component_pixels_scale_with_the_input_size(size, min_pixels, kept):
     probs = np.zeros((1, size, size, 1), np.float32)
     side = 2 * size // 16
     probs[0, :side, :side] = 0.9
-    mask = postprocess_mask(tf.constant(probs), 0.5, min_pixels, image_size=16).numpy()
-    assert mask.any() == kept
+    settings = Settings(0.5, min_pixels)
+    assert slice_masks_tf(tf.constant(probs), settings, image_size=16).numpy().any() == kept
+    assert slice_masks(probs, settings, image_size=16).any() == kept
 
 
 def test_serving_applies_threshold_components_and_flip(trained_model, held_out):
@@ -169,7 +139,7 @@ def test_serving_applies_threshold_components_and_flip(trained_model, held_out):
     mirrored = tf.sigmoid(model(x[:, :, ::-1])).numpy()[:, :, ::-1]
     expected = (plain + mirrored) / 2
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
-    want = scipy_remove_small(expected[..., 0] >= 0.3, 5)
+    want = remove_small_components(expected[..., 0] >= 0.3, 5)
     np.testing.assert_array_equal(out["mask"].numpy()[..., 0], want.astype(np.uint8))
 
 

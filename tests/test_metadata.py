@@ -6,8 +6,10 @@ import pytest
 
 from tfunet.config import make_config
 from tfunet.errors import TfunetError
-from tfunet.metadata import (DEFAULT_POSTPROCESS, make_metadata, metadata_path, read_metadata,
-                             update_metadata, write_metadata)
+from tfunet.metadata import make_metadata, metadata_path, read_metadata, update_metadata, write_metadata
+from tfunet.postprocess import Settings
+
+DEFAULT_POSTPROCESS = Settings().to_metadata()["postprocess"]  # the defaults, defined once in Settings
 
 
 @pytest.mark.parametrize("name, is_dir, expected", [

@@ -1,10 +1,13 @@
+import shutil
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
 import tfunet
 from tfunet.errors import TfunetError
-from tfunet.model import build_unet
+from tfunet.model import UNet, build_unet
 
 
 @pytest.mark.parametrize(
@@ -63,5 +66,68 @@ def test_unknown_upsampling_is_rejected():
 
 
 def test_public_api_exports_builder():
-    assert tfunet.build_unet is build_unet
-    assert "build_unet" in tfunet.__all__
+    assert tfunet.build_unet is build_unet and tfunet.UNet is UNet
+    assert {"build_unet", "UNet", "load_model"} <= set(tfunet.__all__)
+
+
+def test_unet_is_a_registered_keras_object_with_a_complete_config(tmp_path):
+    model = UNet(image_size=32, depth=2, base_filters=4, dropout=0.1, upsampling="bilinear")
+    config = model.get_config()
+    assert config == {"image_size": 32, "channels": 3, "depth": 2, "base_filters": 4, "batch_norm": True,
+                      "dropout": 0.1, "upsampling": "bilinear", "policy": "float32", "name": "unet",
+                      "trainable": True}
+    clone = UNet.from_config(config)
+    assert clone.count_params() == model.count_params()
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(reloaded, UNet) and reloaded.get_config() == config
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(reloaded(x), model(x), atol=1e-6)
+
+
+def test_rebuild_under_another_policy_is_from_config_plus_weights():
+    from tfunet.loading import float32_model, rebuild_in_policy
+
+    model = UNet(image_size=32, depth=2, base_filters=4, policy="mixed_bfloat16")
+    assert model.get_layer("enc0_conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("logits").compute_dtype == "float32"
+    rebuilt = float32_model(model)
+    assert isinstance(rebuilt, UNet) and rebuilt.policy == "float32"
+    assert {layer.compute_dtype for layer in rebuilt.layers} == {"float32"}
+    for a, b in zip(rebuilt.weights, model.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    back = rebuild_in_policy(rebuilt, "mixed_bfloat16")
+    assert back.get_layer("enc0_conv1").compute_dtype == "bfloat16"
+    assert back.get_layer("logits").compute_dtype == "float32"
+
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_unet_v0.keras"
+
+
+def test_a_model_saved_by_tfunet_0_loads_rebuilds_and_exports(tmp_path):
+    """A `.keras` file from before `UNet` existed (a plain functional model; 32 px, base 4,
+    depth 2, float32) still loads, rebuilds under another policy and exports."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfunet.export import export
+    from tfunet.loading import float32_model, load_keras_model, rebuild_in_policy
+    from tfunet.predictor import load_predictor
+
+    model, meta = load_keras_model(LEGACY)
+    assert not isinstance(model, UNet) and model.name == "unet"
+    bf16 = rebuild_in_policy(model, "mixed_bfloat16")
+    assert bf16.get_layer("enc0_conv1").compute_dtype == "bfloat16"
+    assert bf16.get_layer("logits").compute_dtype == "float32"
+    assert float32_model(bf16).get_layer("enc0_conv1").compute_dtype == "float32"
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(float32_model(bf16)(x), model(x), atol=1e-5)
+
+    copy = tmp_path / "legacy.keras"
+    shutil.copy(LEGACY, copy)
+    shutil.copy(LEGACY.with_suffix(".json"), copy.with_suffix(".json"))
+    written = export(copy, saved_model=tmp_path / "serving", tflite=tmp_path / "legacy_float32.tflite")
+    assert written["rebuilt_in_float32"] is False
+    assert Interpreter(model_path=written["tflite"]).get_input_details()[0]["shape"].tolist() == [1, 32, 32, 3]
+    images = x.round().astype(np.uint8)
+    np.testing.assert_allclose(load_predictor(tmp_path / "serving")(images),
+                               load_predictor(copy)(images), atol=1e-5)

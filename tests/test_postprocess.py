@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 from tfunet.errors import TfunetError
-from tfunet.metadata import DEFAULT_POSTPROCESS
-from tfunet.postprocess import (Settings, ValidationPatient, flip_tta, keep_largest_3d_component,
-                                predict_with_flip, remove_small_components, to_mask, tune)
+from tfunet.postprocess import (Settings, ValidationPatient, flip_average, flip_average_tf,
+                                keep_largest_3d_component, remove_small_components,
+                                remove_small_components_tf, slice_masks, slice_masks_tf, to_mask, tune)
+
+
+DEFAULT_POSTPROCESS = Settings().to_metadata()["postprocess"]  # the defaults, defined once in Settings
 
 
 def volume(slices: int = 2, size: int = 8, pixels=()) -> np.ndarray:
@@ -121,14 +124,79 @@ def test_flip_tta_averages_with_the_flipped_back_prediction_in_one_call():
         calls.append(len(x))
         return asymmetric_model(x)
 
-    plain, averaged = predict_with_flip(predict, images)
+    plain, averaged = flip_average(predict, images)
     expected = (asymmetric_model(images) + asymmetric_model(images[:, :, ::-1])[:, :, ::-1]) / 2
     np.testing.assert_allclose(plain, asymmetric_model(images), rtol=1e-6)
     np.testing.assert_allclose(averaged, expected, rtol=1e-6)
     assert calls == [4]  # image and mirror image as one batch
-    np.testing.assert_allclose(flip_tta(asymmetric_model, images), expected, rtol=1e-6)
     # Flip TTA makes any model flip-equivariant.
-    np.testing.assert_allclose(flip_tta(asymmetric_model, images[:, :, ::-1]), expected[:, :, ::-1], rtol=1e-6)
+    mirrored = flip_average(asymmetric_model, images[:, :, ::-1])[1]
+    np.testing.assert_allclose(mirrored, expected[:, :, ::-1], rtol=1e-6)
+
+
+# --- the two backends: NumPy/SciPy and TensorFlow graph ops ---------------------------------------
+
+def _blobs():
+    mask = np.zeros((2, 12, 12), bool)
+    mask[0, 1:3, 1:3] = True  # 4 pixels
+    mask[0, 5:8, 5:9] = True  # 12 pixels
+    mask[0, 8, 8] = mask[0, 9, 9] = True  # a pixel attached, one only touching diagonally
+    mask[1, ::2, :] = True  # rows joined at alternate ends: one 78-pixel snake
+    mask[1, 1::4, -1] = mask[1, 3::4, 0] = True
+    return mask
+
+
+@pytest.mark.parametrize("mask, min_pixels, kept", [
+    (_blobs(), 1, 4 + 13 + 1 + 78), (_blobs(), 2, 4 + 13 + 78), (_blobs(), 5, 13 + 78), (_blobs(), 13, 13 + 78),
+    (_blobs(), 14, 78), (_blobs(), 78, 78), (_blobs(), 79, 0), (_blobs(), 85, 0),
+    (np.zeros((1, 8, 8), bool), 3, 0),
+    (np.ones((1, 8, 8), bool), 64, 64), (np.ones((1, 8, 8), bool), 65, 0),
+    (np.random.default_rng(0).random((3, 40, 40)) > 0.45, 6, None),
+])
+def test_remove_small_components_is_the_same_in_both_backends(mask, min_pixels, kept):
+    import tensorflow as tf
+
+    numpy_mask = remove_small_components(mask, min_pixels)
+    np.testing.assert_array_equal(remove_small_components_tf(tf.constant(mask), min_pixels).numpy(), numpy_mask)
+    if kept is not None:
+        assert numpy_mask.sum() == kept
+
+
+def _probability_batch():
+    """Probabilities N x H x W x 1 with blobs of several sizes around several thresholds."""
+    rng = np.random.default_rng(3)
+    probs = rng.random((3, 32, 32, 1)).astype(np.float32) * 0.6
+    probs[0, 4:10, 4:12] = 0.8
+    probs[1, 20:22, 3:5] = 0.95
+    probs[2, 10:30, 10:14] = 0.7
+    return probs
+
+
+@pytest.mark.parametrize("settings", [
+    Settings(), Settings(threshold=0.3), Settings(threshold=0.55, min_component_pixels=5),
+    Settings(min_component_pixels=50), Settings(threshold=0.6, min_component_pixels=3, tta_flip=True),
+])
+@pytest.mark.parametrize("size", [32, 48])
+def test_every_per_slice_step_is_the_same_in_both_backends(settings, size):
+    """Flip TTA, threshold and small components, at the model size (32) and at another size
+    (component sizes scale by area), give identical masks through NumPy and TensorFlow."""
+    import tensorflow as tf
+
+    def model(images):  # not flip-equivariant, and keeps most of the blobs above 0.5
+        ramp = np.linspace(0.75, 1.0, images.shape[2], dtype=np.float32)
+        return (np.asarray(images)[..., :1].astype(np.float32) / 255.0) * ramp[None, None, :, None]
+
+    images = (_probability_batch() * 255).astype(np.uint8).repeat(3, axis=-1)
+    images = tf.cast(tf.image.resize(images, (size, size), method="nearest"), tf.uint8).numpy()
+    plain, averaged = flip_average(model, images)
+    numpy_probs = averaged if settings.tta_flip else plain
+    tf_probs = flip_average_tf(lambda x: tf.constant(model(x)), tf.constant(images), settings).numpy()
+    np.testing.assert_allclose(tf_probs, numpy_probs, rtol=1e-6)
+    numpy_mask = slice_masks(numpy_probs, settings, image_size=32)
+    tf_mask = slice_masks_tf(tf.constant(numpy_probs), settings, image_size=32).numpy()
+    assert tf_mask.dtype == np.uint8
+    np.testing.assert_array_equal(tf_mask.astype(bool), numpy_mask)
+    assert numpy_mask.any()
 
 
 # --- tuning -------------------------------------------------------------------------------------

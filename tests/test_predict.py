@@ -11,7 +11,8 @@ from PIL import Image
 from tfunet.cli.predict import main as predict_main
 from tfunet.data.sources import load_splits
 from tfunet.errors import TfunetError
-from tfunet.predict import OVERLAY_ALPHA, load_predictor, overlay, read_image
+from tfunet.predict import OVERLAY_ALPHA, overlay, read_image
+from tfunet.predictor import load_predictor
 
 FORMATS = ("keras", "saved_model", "tflite")
 
@@ -191,3 +192,17 @@ def test_predict_cli_refuses_a_file_as_out(exported_model, tmp_path, capsys):
     out.write_text("")
     assert predict_main(["x.png", "--model", str(exported_model["tflite"]), "--out", str(out)]) == 2
     assert "--out must be a folder" in capsys.readouterr().err
+
+
+def test_a_predictor_averages_its_members():
+    """A list of models (an ensemble) fits behind the same calls: their probabilities average."""
+    from tfunet.predictor import Predictor
+
+    meta = {"image_size": 8, "threshold": 0.5, "postprocess": {}}
+    high, low = (lambda x, v=v: np.full((len(x), 8, 8, 1), v, np.float32) for v in (0.9, 0.2))
+    predictor = Predictor("ensemble", meta, "keras", [high, low])
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    np.testing.assert_allclose(predictor.raw(images), 0.55)
+    out = predictor.predict(np.zeros((1, 16, 16, 3), np.uint8))
+    np.testing.assert_allclose(out["probabilities"], 0.55, rtol=1e-6)
+    assert out["mask"].shape == (1, 16, 16, 1) and out["mask"].all()

@@ -56,8 +56,9 @@ def test_train_writes_every_artefact(trained_model):
     assert meta["config"]["base_filters"] == config.base_filters and meta["split"] == split
     assert 1 <= meta["best"]["epoch"] <= config.epochs
     assert meta["policy"] == resolve_policy("auto") and meta["config"]["mixed_precision"] == "auto"
-    for name in ("val", "test"):
-        assert 0.0 <= trained_model["results"][name]["dice_pooled"] <= 1.0
+    # The reloaded best model scores on validation what its epoch scored when it was saved.
+    assert trained_model["results"]["val"]["dice_pooled"] == pytest.approx(meta["best"]["val_dice_pooled"], abs=1e-4)
+    assert set(trained_model["results"]["test"]) == set(trained_model["results"]["val"])
 
 
 def test_saved_model_reloads_in_a_fresh_process_and_predicts_the_same(trained_model, tmp_path):
@@ -109,3 +110,23 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("tfunet-train: error: ") and message in err[0]
+
+
+def test_help_and_bad_flags_answer_without_tensorflow():
+    """`tfunet-train --help` and argument errors never wait for TensorFlow or Keras."""
+    script = (
+        "import sys\n"
+        "from tfunet.cli.train import build_parser, main\n"
+        "from tfunet.config import make_config\n"
+        "assert main(['--image-size', '30']) == 2\n"
+        "try:\n"
+        "    build_parser().parse_args(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage: tfunet-train" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "image-size 30 is not divisible" in out.stderr

@@ -22,7 +22,22 @@ JIT_COMPILE = ("auto", "on", "off")
 MIXED_PRECISION = ("auto", "off", "bfloat16", "float16")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 CHOICES = {"jit_compile": JIT_COMPILE, "mixed_precision": MIXED_PRECISION, "strategy": STRATEGIES}
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")  # tfunet-export --quantize (TFLite)
+
+
+def check_unet_args(image_size: int, depth: int, base_filters: int, upsampling: str,
+                    dropout: float) -> None:
+    """The U-Net's argument check, shared by `tfunet.model.UNet` and `TrainConfig.validate`."""
+    for name, value in (("image-size", image_size), ("depth", depth), ("base-filters", base_filters)):
+        if value < 1:
+            raise TfunetError(f"{name} must be at least 1, got {value}")
+    if image_size % (2 ** depth):
+        raise TfunetError(
+            f"image-size {image_size} is not divisible by 2**depth = {2 ** depth} "
+            f"(depth {depth}); pick a multiple of {2 ** depth}")
+    if upsampling not in UPSAMPLING:
+        raise TfunetError(f"unknown upsampling {upsampling!r}; choose one of {', '.join(UPSAMPLING)}")
+    if not 0.0 <= dropout < 1.0:
+        raise TfunetError(f"dropout must be in [0, 1), got {dropout}")
 
 
 @dataclasses.dataclass
@@ -75,18 +90,10 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.dataset not in DATASETS:
             raise TfunetError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.upsampling not in UPSAMPLING:
-            raise TfunetError(f"unknown upsampling {self.upsampling!r}; choose one of {', '.join(UPSAMPLING)}")
-        for name in ("image_size", "base_filters", "depth", "epochs", "batch_size",
-                     "num_patients", "slices_per_patient"):
+        for name in ("epochs", "batch_size", "num_patients", "slices_per_patient"):
             if getattr(self, name) < 1:
                 raise TfunetError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.image_size % (2 ** self.depth):
-            raise TfunetError(
-                f"image-size {self.image_size} is not divisible by 2**depth = {2 ** self.depth} "
-                f"(depth {self.depth}); pick a multiple of {2 ** self.depth}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise TfunetError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_unet_args(self.image_size, self.depth, self.base_filters, self.upsampling, self.dropout)
         if not 0.0 < self.threshold < 1.0:
             raise TfunetError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:

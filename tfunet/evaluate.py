@@ -15,6 +15,7 @@ Tuning keeps the validation split's probabilities, since each candidate is score
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -24,94 +25,18 @@ from tfunet import metrics
 from tfunet.console import progress_enabled
 from tfunet.errors import TfunetError
 from tfunet.fileio import write_json, write_text
-from tfunet.postprocess import Settings, ValidationPatient, patient_mask, predict_with_flip, slice_masks
+from tfunet.postprocess import Settings, ValidationPatient, flip_average, patient_mask, slice_masks
+from tfunet.predictor import ModelRunner
 
-PRECISIONS = ("float32", "bfloat16")
 # The summary keys a user may tune post-processing for (all: higher is better).
 TUNE_METRICS = ("dice_pooled", "patient_dice_mean", "patient_dice_median", "dice", "dice_tumour_slices")
 ORIGINAL_TABLE = (("Dice", "dice"), ("Jaccard", "jaccard"), ("Precision", "precision"),
                   ("Recall", "recall"), ("F1", "f1"))
 
 
-# --- loading a model -----------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Scorer:
-    """A saved model as a function: uint8 images (N, H, W, 3) at the model size -> float32
-    probabilities (N, H, W, 1)."""
-
-    path: Path
-    meta: dict
-    predict: Callable[[np.ndarray], np.ndarray]
-    keras_model: object = None  # the Keras model when there is one (for the architecture figure)
-    # An exported model applies the flip TTA its export chose (True/False) itself; None: .keras.
-    builtin_tta: bool | None = None
-    policy: str = "float32"  # the dtype policy the model computes in here
-
-    @property
-    def image_size(self) -> int:
-        return int(self.meta["image_size"])
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.predict(np.asarray(images, np.uint8))
-
-
-def load_scorer(path: str | Path, precision: str = "float32", jit_compile: bool = False,
-                batch_size: int | None = None) -> Scorer:
-    """Load a model for scoring, with its metadata.
-
-    A `.keras` file gives the raw probabilities at the model size, leaving flip TTA to the
-    caller (tuning compares both). precision "bfloat16" runs its layers in bfloat16 (logits
-    stay float32); jit_compile compiles the forward pass with XLA, and with `batch_size` every
-    call is padded to a multiple of it so XLA does not compile once per batch shape.
-    A SavedModel folder or a `.tflite` file (from `tfunet-export`) goes through
-    `tfunet.predict.load_predictor`, which applies the flip TTA its export chose.
-    """
-    path = Path(path)
-    if precision not in PRECISIONS:
-        raise TfunetError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if path.suffix != ".keras":
-        if precision != "float32":
-            raise TfunetError(f"--precision {precision} needs a .keras model; the precision of {path} "
-                              f"was fixed at export")
-        from tfunet import predict
-
-        exported = predict.load_predictor(path)
-        return Scorer(path, exported.meta, exported,
-                         builtin_tta=bool(exported.meta["postprocess"]["tta_flip"]))
-    from tfunet.loading import load_keras_model, rebuild_in_policy
-
-    model, meta = load_keras_model(path)
-    policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
-    # A model trained in mixed precision is scored in float32 unless bfloat16 is asked for.
-    model = rebuild_in_policy(model, meta, policy)
-    return Scorer(path, meta, _keras_function(model, jit_compile, batch_size), keras_model=model,
-                  policy=policy)
-
-
-def _keras_function(model, jit_compile: bool, batch_size: int | None):
-    import tensorflow as tf
-
-    _, height, width, channels = model.input_shape
-
-    @tf.function(jit_compile=jit_compile,
-                 input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8)])
-    def forward(images):
-        return tf.sigmoid(model(tf.cast(images, tf.float32), training=False))
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        n = len(images)
-        padded = -(-n // batch_size) * batch_size if jit_compile and batch_size else n
-        if padded > n:  # a multiple of batch_size: one XLA compilation per multiple used, not per n
-            images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
-        return forward(images).numpy()[:n]
-
-    return predict
-
-
 # --- predicting a split, patient by patient ------------------------------------------------------
 
-def predict_batches(scorer: Scorer, dataset, *, total: int, batch_size: int = 16,
+def predict_batches(runner: ModelRunner, dataset, *, total: int, batch_size: int = 16,
                     tta: bool = False, progress: bool | None = None) -> Iterator[dict]:
     """Run the model over a dataset of slice dicts, batch by batch: dicts of patient_id (str list),
     slice, image (uint8), truth (bool), probs (float32, plain images) and probs_tta (float32,
@@ -120,15 +45,15 @@ def predict_batches(scorer: Scorer, dataset, *, total: int, batch_size: int = 16
 
     from tfunet.data.pipeline import make_pipeline
 
-    ds = make_pipeline(dataset, image_size=scorer.image_size, batch_size=batch_size,
+    ds = make_pipeline(dataset, image_size=runner.image_size, batch_size=batch_size,
                        with_metadata=True)
     with tqdm(total=total, unit="slice", desc="predicting", disable=not progress_enabled(progress)) as bar:
         for batch in ds.as_numpy_iterator():
             images = batch["image"]
             if tta:
-                plain, averaged = predict_with_flip(scorer, images)
+                plain, averaged = flip_average(runner.raw, images)
             else:
-                plain, averaged = scorer(images), None
+                plain, averaged = runner.raw(images), None
             yield {"patient_id": [p.decode() if isinstance(p, bytes) else str(p) for p in batch["patient_id"]],
                    "slice": batch["slice"], "image": images, "truth": batch["mask"] > 0,
                    "probs": plain, "probs_tta": averaged}
@@ -215,6 +140,7 @@ class Evaluation:
     tuning: dict | None = None
     policy: str = "float32"  # what scoring computed in
     trained_policy: str | None = None  # what training computed in (None: not recorded)
+    written: list = dataclasses.field(default_factory=list)  # files evaluate_model wrote
 
     def describe_policy(self) -> str:
         return f"scored in {self.policy}, trained in {self.trained_policy or 'an unrecorded policy'}"
@@ -227,19 +153,19 @@ class Evaluation:
                 "patients": self.summary["patients"], "tuning": self.tuning}
 
 
-def evaluate(scorer: Scorer, splits, split: str = "test", settings: Settings | None = None, *,
+def evaluate(runner: ModelRunner, splits, split: str = "test", settings: Settings | None = None, *,
              dataset_name: str = "", batch_size: int = 16, num_samples: int = 0, seed: int = 42,
              progress: bool | None = None) -> Evaluation:
-    """Score `scorer` on one split of `splits` (a `tfunet.data.sources.DataSplits`).
+    """Score `runner` (e.g. a `tfunet.predictor.Predictor`) on one split of `splits` (a `tfunet.data.sources.DataSplits`).
 
     settings: threshold and post-processing (default: the model's metadata).
     num_samples: keep that many seeded random slices (image, truth, prediction) for figures.
     Only each slice's mask and truth wait for the rest of their patient (for the 3-D step).
     """
-    settings = settings or Settings.from_metadata(scorer.meta)
-    if scorer.builtin_tta is not None and settings.tta_flip != scorer.builtin_tta:
-        raise TfunetError(f"{scorer.path} was exported with flip TTA "
-                          f"{'on' if scorer.builtin_tta else 'off'}; re-export it to change that")
+    settings = settings or Settings.from_metadata(runner.meta)
+    if runner.builtin_tta is not None and settings.tta_flip != runner.builtin_tta:
+        raise TfunetError(f"{runner.path} was exported with flip TTA "
+                          f"{'on' if runner.builtin_tta else 'off'}; re-export it to change that")
     counts = _slice_counts(splits, split)
     total = sum(counts.values())
     picks = set(np.random.default_rng(seed).choice(total, size=min(num_samples, total),
@@ -247,8 +173,8 @@ def evaluate(scorer: Scorer, splits, split: str = "test", settings: Settings | N
 
     def slices():
         position = 0
-        for batch in predict_batches(scorer, splits.dataset(split), total=total, batch_size=batch_size,
-                                     tta=settings.tta_flip and scorer.builtin_tta is None,
+        for batch in predict_batches(runner, splits.dataset(split), total=total, batch_size=batch_size,
+                                     tta=settings.tta_flip and runner.builtin_tta is None,
                                      progress=progress):
             probs = batch["probs_tta"] if batch["probs_tta"] is not None else batch["probs"]
             masks = slice_masks(probs, settings)
@@ -268,20 +194,20 @@ def evaluate(scorer: Scorer, splits, split: str = "test", settings: Settings | N
                      "patient_id": pid, "slice": numbers[i]}
                     for i, image in enumerate(images) if image is not None]
     summary = summarize(*(np.concatenate(c) for c in zip(*slice_counts)), ids)
-    return Evaluation(str(scorer.path), dataset_name, split, settings, summary, samples,
-                      policy=scorer.policy, trained_policy=scorer.meta.get("policy"))
+    return Evaluation(str(runner.path), dataset_name, split, settings, summary, samples,
+                      policy=runner.policy, trained_policy=runner.meta.get("policy"))
 
 
-def collect_validation(scorer: Scorer, splits, *, batch_size: int = 16, tta: bool = True,
+def collect_validation(runner: ModelRunner, splits, *, batch_size: int = 16, tta: bool = True,
                        progress: bool | None = None) -> list[ValidationPatient]:
     """The validation split's truths and probabilities (with flip TTA too when `tta`), for tuning."""
-    if scorer.builtin_tta is not None:
-        raise TfunetError(f"{scorer.path} is an exported model, whose settings are fixed at export: "
+    if runner.builtin_tta is not None:
+        raise TfunetError(f"{runner.path} is an exported model, whose settings are fixed at export: "
                           f"tune the .keras model it came from, then export it again")
     counts = _slice_counts(splits, "val")
 
     def slices():
-        for batch in predict_batches(scorer, splits.dataset("val"), total=sum(counts.values()),
+        for batch in predict_batches(runner, splits.dataset("val"), total=sum(counts.values()),
                                      batch_size=batch_size, tta=tta, progress=progress):
             for i, pid in enumerate(batch["patient_id"]):
                 tta_probs = None if batch["probs_tta"] is None else batch["probs_tta"][i]
@@ -343,7 +269,7 @@ def to_markdown(ev: Evaluation) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_table(ev: Evaluation) -> str:
+def format_table(ev: Evaluation) -> str:
     """The console summary: the original's table, then the stricter figures."""
     s = ev.summary
     rows = [(label, _fmt(s[key])) for label, key in ORIGINAL_TABLE] + [
@@ -366,3 +292,111 @@ def write_reports(ev: Evaluation, log_dir: str | Path) -> tuple[Path, Path]:
     write_json(json_path, ev.to_json())
     write_text(md_path, to_markdown(ev))
     return json_path, md_path
+
+
+# --- the whole evaluation, as tfunet-evaluate runs it ---------------------------------------------
+
+TUNE_CHOICES = ("all", "threshold")  # tfunet-evaluate --tune / --tune-threshold
+
+
+def evaluate_model(model: str | Path, *, split: str = "test", dataset: str | None = None,
+                   data_dir: str | None = None, cache_dir: str | None = None, split_file: str | None = None,
+                   batch_size: int | None = None, settings: dict | None = None, tune: str | None = None,
+                   tune_metric: str = "dice_pooled", num_samples: int = 3, seed: int | None = None,
+                   loss_curves: bool = False, architecture: bool = True, mixed_precision: str = "off",
+                   jit_compile: str = "auto", log_dir: str | Path = "logs",
+                   progress: bool | None = None) -> Evaluation:
+    """Score a saved model on a split, write its reports and figures to `log_dir`, and return
+    the `Evaluation` (its `written` lists the files).
+
+    Dataset, data folder, split and post-processing default to the model's metadata.
+    settings: post-processing overrides for this run (keys of `tfunet.postprocess.Settings`).
+    tune: "all" measures every post-processing step on the validation split, "threshold" the
+        threshold alone; the choice is written to the model's metadata, then `split` is scored
+        with it.
+    mixed_precision, jit_compile: how a .keras model computes (see `load_predictor`).
+    """
+    from tfunet import plots
+    from tfunet.data.sources import config_for_model, splits_for_model
+    from tfunet.metadata import read_metadata, update_metadata
+    from tfunet.postprocess import TUNE_STEPS
+    from tfunet.postprocess import tune as tune_settings
+    from tfunet.predictor import load_predictor
+    from tfunet.runtime import use_jit
+
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    if tune not in (None, *TUNE_CHOICES):
+        raise TfunetError(f"tune must be one of {', '.join(TUNE_CHOICES)}, got {tune!r}")
+    if "threshold" in settings and tune:
+        raise TfunetError("--threshold and --tune/--tune-threshold both set the threshold; pass one")
+    if tune == "all" and settings:
+        raise TfunetError("--tune chooses every post-processing setting; drop --min-component-pixels, "
+                          "--[no-]largest-3d-component and --[no-]tta, or use --tune-threshold")
+    measure = objective(tune_metric) if tune else None  # checks the metric before any work
+    if num_samples < 0:
+        raise TfunetError(f"--num-samples must be >= 0, got {num_samples}")
+    if batch_size is not None and batch_size < 1:
+        raise TfunetError(f"--batch-size must be at least 1, got {batch_size}")
+    model_path = Path(model)
+    if not model_path.exists():
+        raise TfunetError(f"model not found: {model_path}")
+    meta = read_metadata(model_path)
+    config = config_for_model(meta, dataset=dataset, data_dir=data_dir, cache_dir=cache_dir,
+                              split_file=split_file, batch_size=batch_size, seed=seed, jit_compile=jit_compile)
+    chosen = dataclasses.replace(Settings.from_metadata(meta), **settings)  # checks values before any work
+    log_dir = Path(log_dir)
+    train_log = _train_log(log_dir, config) if loss_curves else None
+    predictor = load_predictor(model_path, mixed_precision=mixed_precision, jit_compile=use_jit(config),
+                               batch_size=config.batch_size)
+    splits = splits_for_model(config, meta, need_split=bool(tune) or split != "all")
+
+    tuning_report = None
+    if tune:
+        steps = TUNE_STEPS if tune == "all" else ("threshold",)
+        print(f"tfunet-evaluate: tuning {', '.join(steps)} on {splits.num_slices('val')} validation slices "
+              f"for {tune_metric}", file=sys.stderr)
+        val = collect_validation(predictor, splits, batch_size=config.batch_size, tta="tta_flip" in steps,
+                                 progress=progress)
+        chosen, steps_report = tune_settings(val, measure, steps=steps,
+                                             start=Settings() if tune == "all" else chosen)
+        tuning_report = {"objective": tune_metric, "split": "val", "steps": steps_report}
+        update_metadata(model_path, **chosen.to_metadata(), tuning=tuning_report)
+        for step in steps_report:
+            scores = ", ".join(f"{c['value']}: {c['score']:.4f}" for c in step["scores"])
+            print(f"  {step['step']}: chose {step['chosen']} (val {tune_metric} {scores})")
+        print(f"tfunet-evaluate: wrote the chosen settings ({chosen.describe()}) to the metadata of "
+              f"{model_path}")
+        if split == "val":
+            print("tfunet-evaluate: note: scoring the split the settings were tuned on overstates them",
+                  file=sys.stderr)
+
+    result = evaluate(predictor, splits, split, chosen, dataset_name=config.dataset,
+                      batch_size=config.batch_size, num_samples=num_samples, seed=config.seed,
+                      progress=progress)
+    result.tuning = tuning_report
+    result.written = list(write_reports(result, log_dir))
+    for i, sample in enumerate(result.samples, start=1):
+        slice_dice = metrics.dice(sample["prediction"][None], sample["truth"][None])
+        title = f"{sample['patient_id']}, slice {sample['slice']}: Dice {slice_dice:.3f}"
+        result.written.append(plots.plot_sample(sample["image"], sample["truth"], sample["prediction"],
+                                                log_dir / f"sample_{i}.png", title))
+    if architecture:
+        if predictor.keras_model is None:
+            print("tfunet-evaluate: note: model_architecture.png needs a .keras model", file=sys.stderr)
+        else:
+            drawn = plots.plot_architecture(predictor.keras_model, log_dir / "model_architecture.png")
+            if drawn:
+                result.written.append(drawn)
+            else:
+                print(f"tfunet-evaluate: note: {plots.ARCHITECTURE_HELP}", file=sys.stderr)
+    if loss_curves:
+        result.written.append(plots.plot_loss_curves(train_log, log_dir / "loss_curves.png"))
+    return result
+
+
+def _train_log(log_dir: Path, config) -> Path:
+    """train_log.csv of the log folder, else of the training run the metadata names."""
+    for candidate in (log_dir / "train_log.csv", config.log_dir / "train_log.csv"):
+        if candidate.is_file():
+            return candidate
+    raise TfunetError(f"--loss-curves: no train_log.csv in {log_dir} or {config.log_dir}")

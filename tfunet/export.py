@@ -1,19 +1,12 @@
-"""Exports for serving: a SavedModel that takes raw pixels, and TFLite files for devices.
+"""Writing exports: a serving SavedModel that takes raw pixels, and TFLite files for devices.
+
+This module only writes files; the serving computation is `tfunet.serving`, loading and the
+float32 rebuild are `tfunet.loading`.
 
 SavedModel (TensorFlow Serving). Its `serving_default` signature takes `images`, a uint8
-batch N x H x W x 3 of any H and W, and does everything a client would otherwise have to get
-right: resize to the model size (bilinear, rounded back to uint8 values, exactly as the
-training pipeline does), run the U-Net, optionally average with the horizontally flipped
-input (metadata `postprocess.tta_flip`), resize the probabilities back to H x W and apply the
-model's post-processing. It returns
-    probabilities  float32 N x H x W x 1
-    mask           uint8   N x H x W x 1, 0/1: probability >= metadata `threshold`, then
-                   connected components (4-connected, per slice) smaller than
-                   `postprocess.min_component_pixels` removed. That count is in pixels at the
-                   model size and is scaled by (H x W) / size^2 for other input sizes.
-The settings are baked in at export time: re-export after tuning them. The largest-3D-component
-step (`postprocess.largest_3d_component`) needs a patient's whole volume, which a per-slice
-request does not carry, so serving (and `tfunet-predict`) never apply it.
+batch N x H x W x 3 of any H and W, and returns `probabilities` (float32 N x H x W x 1) and
+`mask` (uint8 0/1 N x H x W x 1), as `tfunet.serving` describes. The post-processing
+settings are baked in at export time: re-export after tuning them.
 
 TFLite. The float32 model plus a sigmoid, exported with `model.export(format="tf_saved_model")`
 and converted from that SavedModel with built-in ops only (no Flex/SELECT_TF_OPS), so the stock
@@ -21,12 +14,12 @@ LiteRT runtime runs it. Input: fixed 1 x size x size x 3 float32 of raw 0..255 p
 1 x size x size x 1 float32 probabilities. Quantizations: none, float16 (weights), dynamic
 (int8 weights, float activations) and int8 (full-integer: weights and activations, calibrated
 on training images of the model's own split; float input/output are quantized at the edges).
-Resizing and post-processing happen outside the .tflite, in `tfunet.predict`.
+Resizing and post-processing happen outside the .tflite, in `tfunet.predictor`.
 
-Every entry point here (`ServingModule`, `export_saved_model`, `convert_tflite`,
-`export_tflite`, `export`) takes a model of any dtype policy and rebuilds it in float32 itself,
-through `tfunet.loading.float32_model`: a bfloat16 graph does not convert to TFLite, and
-serving should not depend on the trainer's hardware. Every export's metadata records
+Every entry point here (`export_saved_model`, `convert_tflite`, `export_tflite`, `export`)
+takes a model of any dtype policy and rebuilds it in float32 itself, through
+`tfunet.loading.float32_model`: a bfloat16 graph does not convert to TFLite, and serving
+should not depend on the trainer's hardware. Every export's metadata records
 `export.policy: float32`.
 """
 
@@ -41,110 +34,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfunet.config import QUANTIZATIONS
 from tfunet.errors import TfunetError
 from tfunet.fileio import atomic_path
 from tfunet.loading import FLOAT32, float32_model, is_mixed_precision, load_keras_model
 from tfunet.metadata import metadata_path, write_metadata
+from tfunet.serving import ServingModule
 
 METADATA_ASSET = "tfunet.json"
-
-
-# --- the serving computation (graph ops; also run eagerly around a TFLite interpreter) --------
-
-def resize_images(images, size: int):
-    """uint8 N x H x W x 3 -> float32 N x size x size x 3, resized as the training pipeline does
-    (bilinear, then rounded and clipped to uint8 values). At the model size it is the identity."""
-    x = tf.image.resize(images, (size, size), method="bilinear")
-    return tf.clip_by_value(tf.round(x), 0.0, 255.0)
-
-
-def flip_averaged(probability_fn, x, tta_flip: bool):
-    """probability_fn(x), averaged with its horizontally flipped twin when `tta_flip`."""
-    probs = probability_fn(x)
-    if tta_flip:
-        flipped = tf.reverse(probability_fn(tf.reverse(x, axis=[2])), axis=[2])
-        probs = (probs + flipped) / 2.0
-    return probs
-
-
-def remove_small_components(mask, min_pixels):
-    """Drop 4-connected components of fewer than `min_pixels` pixels, per slice.
-
-    mask: bool N x H x W. Graph ops only, so it runs inside the SavedModel. Every foreground
-    pixel starts with its own id (flat index + 1); each round, ids spread to the 4 neighbours
-    by max and then jump: a pixel takes the id held by the pixel its id names, which is in the
-    same component and holds an id at least as large. Both steps only raise ids, so a round
-    that changes nothing means every component carries one id, its largest; sizes are then
-    counted per id. Jumping makes long thin components take far fewer rounds than their length.
-    """
-    shape = tf.shape(mask)
-    count = tf.reduce_prod(shape)
-    labels = tf.where(mask, tf.reshape(tf.range(1, count + 1, dtype=tf.int32), shape), 0)
-
-    def round_(labels, _):
-        padded = tf.pad(labels, [[0, 0], [1, 1], [1, 1]])
-        new = tf.maximum(tf.maximum(labels, padded[:, :-2, 1:-1]), padded[:, 2:, 1:-1])
-        new = tf.maximum(tf.maximum(new, padded[:, 1:-1, :-2]), padded[:, 1:-1, 2:])
-        new = tf.where(mask, new, 0)
-        for _ in range(2):
-            new = tf.where(mask, tf.gather(tf.reshape(new, [-1]), tf.maximum(new - 1, 0)), 0)
-        return new, tf.reduce_any(tf.not_equal(new, labels))
-
-    labels, _ = tf.while_loop(lambda labels, changed: changed, round_, (labels, tf.constant(True)))
-    sizes = tf.math.unsorted_segment_sum(tf.ones_like(labels), labels, count + 1)
-    return mask & (tf.gather(sizes, labels) >= min_pixels)
-
-
-def postprocess_mask(probs, threshold: float, min_component_pixels: int, image_size: int):
-    """float32 N x H x W x 1 probabilities -> uint8 0/1 mask (threshold, small-component removal)."""
-    mask = probs[..., 0] >= threshold
-    if min_component_pixels > 0:
-        area = tf.cast(tf.shape(probs)[1] * tf.shape(probs)[2], tf.float32)
-        min_pixels = tf.cast(tf.round(min_component_pixels * area / float(image_size ** 2)), tf.int32)
-        mask = remove_small_components(mask, tf.maximum(min_pixels, 1))
-    return tf.cast(mask, tf.uint8)[..., None]
-
-
-def serving_probabilities(images, probability_fn, meta: dict):
-    """Raw uint8 pixels N x H x W x 3 -> float32 probabilities N x H x W x 1: resize to the model
-    size, probability_fn (float32 raw pixels at the model size -> probabilities), flip TTA if
-    the metadata says so, resize back."""
-    size = int(meta["image_size"])
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    probs = flip_averaged(probability_fn, resize_images(images, size), bool(meta["postprocess"]["tta_flip"]))
-    return tf.image.resize(probs, tf.stack([height, width]), method="bilinear")
-
-
-def metadata_mask(probs, meta: dict):
-    """The mask the metadata's threshold and per-slice post-processing make of `probs`."""
-    return postprocess_mask(probs, float(meta["threshold"]),
-                            int(meta["postprocess"]["min_component_pixels"]), int(meta["image_size"]))
-
-
-IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
-INPUT_HINT = "tfunet: `images` must be a uint8 batch N x H x W x 3 of raw RGB pixels"
-
-
-class ServingModule(tf.Module):
-    """The SavedModel's root: the model rebuilt in float32 and the `serving_default` function."""
-
-    def __init__(self, model: keras.Model, meta: dict):
-        super().__init__(name="tfunet_serving")
-        self.model = float32_model(model)
-        # meta is captured by the closure, not stored: a tf.Module would try to track the dict.
-        self.serve = tf.function(lambda images: self._serve(images, meta), input_signature=[IMAGES_SPEC])
-
-    def probability_at_model_size(self, x):
-        """float32 raw pixels N x size x size x 3 -> probabilities N x size x size x 1."""
-        return tf.sigmoid(self.model(x, training=False))
-
-    def _serve(self, images, meta):
-        # A loaded signature checks the dtype (and the resize the rank) but not the channels.
-        with tf.control_dependencies([tf.debugging.Assert(tf.equal(tf.shape(images)[-1], 3), [INPUT_HINT])]):
-            images = tf.identity(images)
-        probs = serving_probabilities(images, self.probability_at_model_size, meta)
-        return {"probabilities": probs, "mask": metadata_mask(probs, meta)}
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")  # tfunet-export --quantize (TFLite)
 
 
 # --- SavedModel -------------------------------------------------------------------------------

@@ -18,10 +18,11 @@ FLOAT32 = "float32"
 
 
 def register_custom_objects() -> None:
-    """Register tfunet's custom Keras objects (the loss, the metrics), so `.keras` files that
-    hold them load. Importing their modules does it; `import tfunet` alone does not."""
+    """Register tfunet's custom Keras objects (the U-Net, the loss, the metrics), so `.keras`
+    files that hold them load. Importing their modules does it; `import tfunet` alone does not."""
     import tfunet.losses  # noqa: F401
     import tfunet.metrics  # noqa: F401
+    import tfunet.model  # noqa: F401
 
 
 def _keras_file(path: str | Path) -> Path:
@@ -54,45 +55,34 @@ def is_mixed_precision(model: keras.Model) -> bool:
     return any(layer.dtype_policy.compute_dtype != FLOAT32 for layer in model.layers)
 
 
-def _float32_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-    config = layer.get_config()
-    config["dtype"] = FLOAT32
-    return layer.__class__.from_config(config)
+def rebuild_in_policy(model: keras.Model, policy: str) -> keras.Model:
+    """The same model and weights with its layers computing in the Keras dtype policy `policy`
+    (its output layers stay as they are unless `policy` is float32, so logits stay float32).
 
+    A `tfunet.model.UNet` is rebuilt from its config; a plain functional model (a `.keras`
+    file from tfunet 0.x) is cloned layer by layer with the new policy in each layer's config.
+    Variables are float32 under every policy, so copying them loses nothing."""
+    from tfunet.model import UNet
 
-def float32_model(model: keras.Model) -> keras.Model:
-    """The model itself if it computes in float32, else a float32 twin with its weights.
+    if isinstance(model, UNet):
+        clone = UNet.from_config({**model.get_config(), "policy": policy})
+    else:
+        outputs = {id(t._keras_history.operation) for t in model.outputs}
 
-    The twin is cloned from the model's own layer configs with every dtype policy set to
-    float32, so it needs no metadata and works for any functional model. Variables are float32
-    under every policy, so copying them loses nothing.
-    """
-    if not is_mixed_precision(model):
-        return model
-    clone = keras.models.clone_model(model, clone_function=_float32_layer)
+        def in_policy(layer):
+            config = layer.get_config()
+            if policy == FLOAT32 or id(layer) not in outputs:
+                config["dtype"] = policy
+            return layer.__class__.from_config(config)
+
+        clone = keras.models.clone_model(model, clone_function=in_policy)
     clone.set_weights(model.get_weights())
     return clone
 
 
-def rebuild_in_policy(model: keras.Model, meta: dict, policy: str) -> keras.Model:
-    """The same U-Net (built by `build_unet` from the metadata's config) and weights, with its
-    layers computing in the Keras dtype policy `policy` and its logits in float32.
+def float32_model(model: keras.Model) -> keras.Model:
+    """The model itself if it computes in float32, else its float32 twin with its weights.
 
-    Used to score a float32-trained model in bfloat16; unlike the float32 rebuild it needs the
-    metadata, because the layers that must stay float32 are known only to `build_unet`."""
-    if policy == FLOAT32:
-        return float32_model(model)
-    from tfunet.config import FIELDS, make_config
-    from tfunet.model import build_from_config
-    from tfunet.precision import dtype_policy
-
-    saved = {k: v for k, v in (meta.get("config") or {}).items() if k in FIELDS}
-    saved["image_size"] = int(meta["image_size"])
-    with dtype_policy(policy):
-        clone = build_from_config(make_config(saved, validate=False))
-    try:
-        clone.set_weights(model.get_weights())
-    except ValueError as exc:
-        raise TfunetError(f"the model's metadata config does not describe the model: "
-                          f"{str(exc).splitlines()[0]}") from None
-    return clone
+    The one float32 rebuild: every export and serving path calls it, so a model trained in
+    bfloat16 or float16 is safe to hand to any of them."""
+    return rebuild_in_policy(model, FLOAT32) if is_mixed_precision(model) else model

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from tfunet.fileio import read_json, write_json
+from tfunet.postprocess import Settings
 from tfunet.version import __version__
 
-DEFAULT_POSTPROCESS = {"min_component_pixels": 0, "largest_3d_component": False, "tta_flip": False}
 
 
 def metadata_path(model_path: str | Path) -> Path:
@@ -36,8 +36,7 @@ def make_metadata(config, split: dict[str, list[str]] | None = None, **extra: An
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "image_size": config.image_size,
         "channels": 3,
-        "threshold": config.threshold,
-        "postprocess": dict(DEFAULT_POSTPROCESS),
+        **Settings(threshold=config.threshold).to_metadata(),
         "config": saved,
         "split": split,
     }
@@ -55,8 +54,7 @@ def read_metadata(model_path: str | Path) -> dict[str, Any]:
     """The metadata of a saved model; a clear error if it is missing or unreadable."""
     path = metadata_path(model_path)
     meta = read_json(path, "model metadata", " (it is written beside the model by tfunet-train)")
-    meta.setdefault("postprocess", {})
-    meta["postprocess"] = {**DEFAULT_POSTPROCESS, **meta["postprocess"]}
+    meta["postprocess"] = {**Settings().to_metadata()["postprocess"], **(meta.get("postprocess") or {})}
     return meta
 
 

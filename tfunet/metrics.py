@@ -28,7 +28,6 @@ import keras
 import numpy as np
 from keras import ops
 
-METRICS = ("dice", "jaccard", "precision", "recall")
 AVERAGINGS = ("per_slice", "pooled")
 
 
@@ -46,49 +45,47 @@ def confusion_counts(pred, truth):
     return tp, fp, fn
 
 
-def _ratio(num, den):
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+# The one table of ratios: metric -> (numerator, denominator) of the counts. The lambdas use only
+# arithmetic, so the NumPy functions and the Keras metric evaluate the same entries.
+RATIOS = {
+    "dice": (lambda tp, fp, fn: 2 * tp, lambda tp, fp, fn: 2 * tp + fp + fn),
+    "jaccard": (lambda tp, fp, fn: tp, lambda tp, fp, fn: tp + fp + fn),
+    "precision": (lambda tp, fp, fn: tp, lambda tp, fp, fn: tp + fp),
+    "recall": (lambda tp, fp, fn: tp, lambda tp, fp, fn: tp + fn),
+}
+METRICS = tuple(RATIOS)
 
 
-def ratio_from_counts(metric: str, tp, fp, fn):
-    """The metric's ratio for counts (scalars or arrays); 0/0 counts 1."""
-    if metric == "dice":
-        return _ratio(2 * tp, 2 * tp + fp + fn)
-    if metric == "jaccard":
-        return _ratio(tp, tp + fp + fn)
-    if metric == "precision":
-        return _ratio(tp, tp + fp)
-    if metric == "recall":
-        return _ratio(tp, tp + fn)
-    raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+def _check_metric(metric: str) -> None:
+    if metric not in RATIOS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
 
 
-def score(metric: str, pred, truth, averaging: str = "per_slice") -> float:
+def ratio_from_counts(metric: str, tp, fp, fn, empty_score: float | None = 1.0):
+    """The metric's ratio for counts (scalars or arrays). A zero denominator (e.g. an empty
+    truth and an empty prediction for Dice) gives `empty_score`; None gives NaN, which the
+    averages below leave out (as MONAI's `ignore_empty` does)."""
+    _check_metric(metric)
+    num_fn, den_fn = RATIOS[metric]
+    tp, fp, fn = (np.asarray(c, dtype=np.float64) for c in (tp, fp, fn))
+    num, den = num_fn(tp, fp, fn), den_fn(tp, fp, fn)
+    empty = np.nan if empty_score is None else empty_score
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
+
+
+def score(metric: str, pred, truth, averaging: str = "per_slice", empty_score: float | None = 1.0) -> float:
     """One metric of binary predictions against binary truths shaped (N, ...)."""
     tp, fp, fn = confusion_counts(pred, truth)
     if averaging == "per_slice":
-        return float(np.mean(ratio_from_counts(metric, tp, fp, fn)))
+        ratios = ratio_from_counts(metric, tp, fp, fn, empty_score)
+        return float(np.nanmean(ratios)) if np.isfinite(ratios).any() else float("nan")
     if averaging == "pooled":
-        return float(ratio_from_counts(metric, tp.sum(), fp.sum(), fn.sum()))
+        return float(ratio_from_counts(metric, tp.sum(), fp.sum(), fn.sum(), empty_score))
     raise ValueError(f"unknown averaging {averaging!r}; choose one of {AVERAGINGS}")
 
 
-def dice(pred, truth, averaging="per_slice"):
-    return score("dice", pred, truth, averaging)
-
-
-def jaccard(pred, truth, averaging="per_slice"):
-    return score("jaccard", pred, truth, averaging)
-
-
-def precision(pred, truth, averaging="per_slice"):
-    return score("precision", pred, truth, averaging)
-
-
-def recall(pred, truth, averaging="per_slice"):
-    return score("recall", pred, truth, averaging)
+def dice(pred, truth, averaging="per_slice", empty_score: float | None = 1.0) -> float:
+    return score("dice", pred, truth, averaging, empty_score)
 
 
 def all_scores(pred, truth) -> dict[str, float]:
@@ -115,13 +112,6 @@ def counts_by_patient(patient_ids, tp, fp, fn):
     return (ids, *sums)
 
 
-def patient_scores(metric: str, pred, truth, patient_ids) -> dict[str, float]:
-    """A metric per patient over the patient's slices as one 3-D volume (Buda et al. 2019's
-    per-patient Dice for metric="dice"); pred and truth are (N, ...) slices."""
-    ids, tp, fp, fn = counts_by_patient(patient_ids, *confusion_counts(pred, truth))
-    return dict(zip(ids.tolist(), ratio_from_counts(metric, tp, fp, fn).tolist()))
-
-
 # --- Keras ------------------------------------------------------------------------------------
 
 @keras.saving.register_keras_serializable(package="tfunet")
@@ -134,8 +124,7 @@ class SegmentationMetric(keras.metrics.Metric):
 
     def __init__(self, metric: str = "dice", averaging: str = "per_slice", threshold: float = 0.5,
                  name: str | None = None, **kwargs):
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+        _check_metric(metric)
         if averaging not in AVERAGINGS:
             raise ValueError(f"unknown averaging {averaging!r}; choose one of {AVERAGINGS}")
         name = name or (metric if averaging == "per_slice" else f"{metric}_pooled")
@@ -156,14 +145,8 @@ class SegmentationMetric(keras.metrics.Metric):
             self.count = self.add_variable(shape=(), initializer=zeros, name="count", dtype="float32")
 
     def _ratio(self, tp, fp, fn):
-        if self.metric == "dice":
-            num, den = 2.0 * tp, 2.0 * tp + fp + fn
-        elif self.metric == "jaccard":
-            num, den = tp, tp + fp + fn
-        elif self.metric == "precision":
-            num, den = tp, tp + fp
-        else:
-            num, den = tp, tp + fn
+        num_fn, den_fn = RATIOS[self.metric]
+        num, den = num_fn(tp, fp, fn), den_fn(tp, fp, fn)
         return ops.where(den > 0, num / ops.maximum(den, 1.0), 1.0)
 
     def update_state(self, y_true, y_pred, sample_weight=None):

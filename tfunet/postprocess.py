@@ -1,6 +1,13 @@
 """From probabilities to a mask: decision threshold, clean-up of connected components, and
 horizontal-flip test-time augmentation (TTA), plus their tuning on the validation split.
 
+Every per-slice step exists once per backend, here and nowhere else, and both read one
+`Settings`: NumPy/SciPy (`flip_average`, `remove_small_components`, `slice_masks`) for
+evaluation and volumes, and TensorFlow graph ops (`flip_average_tf`,
+`remove_small_components_tf`, `slice_masks_tf`) that run inside the serving SavedModel.
+tests/test_postprocess.py runs every per-slice step through both and requires identical masks.
+The 3-D step (`keep_largest_3d_component`) needs a whole volume and is NumPy only.
+
 A setting is only worth turning on if it helps patients the model has not seen, so `tune`
 measures each step on validation before adopting it, and the chosen `Settings` are written to
 the model's metadata (keys threshold, postprocess.*) where prediction and serving read them.
@@ -29,6 +36,8 @@ _VOLUME_STRUCTURE = np.ones((3, 3, 3), bool)
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.10, 0.91, 0.05))
 MIN_COMPONENT_PIXELS = (0, 10, 25, 50, 100, 200, 400)
+# What `tune` measures, in this order, by default (`tfunet-evaluate --tune`).
+TUNE_STEPS = ("tta_flip", "threshold", "min_component_pixels", "largest_3d_component")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +70,13 @@ class Settings:
                                 "largest_3d_component": self.largest_3d_component,
                                 "tta_flip": self.tta_flip}}
 
+    def min_pixels_at(self, height: int, width: int, image_size: int) -> int:
+        """`min_component_pixels` counts pixels at the model size; at H x W it scales by area
+        (at least 1 when the step is on)."""
+        if not self.min_component_pixels:
+            return 0
+        return max(1, round(self.min_component_pixels * height * width / image_size ** 2))
+
     def describe(self) -> str:
         parts = [f"threshold {self.threshold:g}"]
         if self.min_component_pixels:
@@ -72,20 +88,18 @@ class Settings:
         return ", ".join(parts)
 
 
-def predict_with_flip(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray):
+# --- per-slice steps, NumPy/SciPy ----------------------------------------------------------------
+
+def flip_average(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray):
     """(probabilities of the images, their mean with those of the mirror images flipped back).
 
-    Both go through `predict` as one batch, which keeps the accelerator as busy as one call.
+    Both go through `predict` as one batch, which keeps the accelerator as busy as one call;
+    tuning needs both, so both are returned.
     """
     images = np.asarray(images)
     n = len(images)
     probs = np.asarray(predict(np.concatenate([images, images[:, :, ::-1]])))
     return probs[:n], (probs[:n] + probs[n:, :, ::-1]) / 2.0
-
-
-def flip_tta(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
-    """Horizontal-flip test-time augmentation: probabilities averaged over image and mirror."""
-    return predict_with_flip(predict, images)[1]
 
 
 def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
@@ -104,6 +118,74 @@ def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     return keep[labels].reshape(mask.shape)
 
 
+def slice_masks(probs: np.ndarray, settings: Settings, image_size: int | None = None) -> np.ndarray:
+    """The steps that look at one slice at a time (threshold, small components), on a batch
+    (N, H, W, 1) of probabilities -> bool masks. image_size: the model size, when H x W differs
+    from it (component sizes scale by area)."""
+    probs = np.asarray(probs)
+    min_pixels = settings.min_component_pixels
+    if image_size:
+        min_pixels = settings.min_pixels_at(probs.shape[1], probs.shape[2], image_size)
+    return remove_small_components(probs >= settings.threshold, min_pixels)
+
+
+# --- per-slice steps, TensorFlow graph ops (the serving SavedModel) --------------------------------
+
+def flip_average_tf(probability_fn, x, settings: Settings):
+    """probability_fn(x), averaged with its horizontally flipped twin when `settings.tta_flip`."""
+    import tensorflow as tf
+
+    probs = probability_fn(x)
+    if settings.tta_flip:
+        flipped = tf.reverse(probability_fn(tf.reverse(x, axis=[2])), axis=[2])
+        probs = (probs + flipped) / 2.0
+    return probs
+
+
+def remove_small_components_tf(mask, min_pixels):
+    """`remove_small_components` in graph ops: mask bool N x H x W, 4-connected, per slice.
+
+    Every foreground pixel starts with its own id (flat index + 1); each round, ids spread to the
+    4 neighbours by max and then jump: a pixel takes the id held by the pixel its id names, which
+    is in the same component and holds an id at least as large. Both steps only raise ids, so a
+    round that changes nothing means every component carries one id, its largest; sizes are then
+    counted per id. Jumping makes long thin components take far fewer rounds than their length.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(mask)
+    count = tf.reduce_prod(shape)
+    labels = tf.where(mask, tf.reshape(tf.range(1, count + 1, dtype=tf.int32), shape), 0)
+
+    def round_(labels, _):
+        padded = tf.pad(labels, [[0, 0], [1, 1], [1, 1]])
+        new = tf.maximum(tf.maximum(labels, padded[:, :-2, 1:-1]), padded[:, 2:, 1:-1])
+        new = tf.maximum(tf.maximum(new, padded[:, 1:-1, :-2]), padded[:, 1:-1, 2:])
+        new = tf.where(mask, new, 0)
+        for _ in range(2):
+            new = tf.where(mask, tf.gather(tf.reshape(new, [-1]), tf.maximum(new - 1, 0)), 0)
+        return new, tf.reduce_any(tf.not_equal(new, labels))
+
+    labels, _ = tf.while_loop(lambda labels, changed: changed, round_, (labels, tf.constant(True)))
+    sizes = tf.math.unsorted_segment_sum(tf.ones_like(labels), labels, count + 1)
+    return mask & (tf.gather(sizes, labels) >= min_pixels)
+
+
+def slice_masks_tf(probs, settings: Settings, image_size: int):
+    """`slice_masks` in graph ops: float32 N x H x W x 1 -> uint8 0/1 mask, with component sizes
+    scaled by area as in `Settings.min_pixels_at` (H and W are only known in the graph)."""
+    import tensorflow as tf
+
+    mask = probs[..., 0] >= settings.threshold
+    if settings.min_component_pixels > 0:
+        area = tf.cast(tf.shape(probs)[1] * tf.shape(probs)[2], tf.float32)
+        min_pixels = tf.cast(tf.round(settings.min_component_pixels * area / float(image_size ** 2)), tf.int32)
+        mask = remove_small_components_tf(mask, tf.maximum(min_pixels, 1))
+    return tf.cast(mask, tf.uint8)[..., None]
+
+
+# --- the volume step, NumPy ------------------------------------------------------------------------
+
 def keep_largest_3d_component(mask: np.ndarray) -> np.ndarray:
     """Keep only the largest 3-D component (26-connected) of one patient's slices in order.
 
@@ -119,12 +201,6 @@ def keep_largest_3d_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return (labels == np.argmax(sizes)).reshape(mask.shape)
-
-
-def slice_masks(probs: np.ndarray, settings: Settings) -> np.ndarray:
-    """The steps that look at one slice at a time (threshold, small components), on any batch
-    of slices: probabilities -> bool masks."""
-    return remove_small_components(np.asarray(probs) >= settings.threshold, settings.min_component_pixels)
 
 
 def patient_mask(masks: np.ndarray, settings: Settings) -> np.ndarray:
@@ -153,7 +229,7 @@ class ValidationPatient:
 
 
 def tune(patients: Iterable[ValidationPatient], objective: Callable[[list, list], float],
-         steps: Iterable[str] = ("tta_flip", "threshold", "min_component_pixels", "largest_3d_component"),
+         steps: Iterable[str] = TUNE_STEPS,
          start: Settings = Settings(), thresholds=THRESHOLDS, min_pixels=MIN_COMPONENT_PIXELS):
     """Choose settings step by step on validation; return (settings, report).
 
@@ -186,7 +262,7 @@ def tune(patients: Iterable[ValidationPatient], objective: Callable[[list, list]
         elif step == "largest_3d_component":
             values = [current.largest_3d_component, not current.largest_3d_component]
         else:
-            raise ValueError(f"unknown tuning step {step!r}")
+            raise TfunetError(f"unknown tuning step {step!r}; choose from {', '.join(TUNE_STEPS)}")
         scores = {}
         for value in values:
             candidate = dataclasses.replace(current, **{step: value})

@@ -1,17 +1,13 @@
-"""Prediction with any exported form of a model, and `tfunet-predict`'s file handling.
+"""`tfunet-predict`'s file handling: image files in, masks and overlays out.
 
-`load_predictor(path)` takes a .keras file, a serving SavedModel folder or a .tflite file and
-returns a `Predictor`: call it with a uint8 batch N x H x W x 3 of raw pixels (any H and W) for
-float32 probabilities N x H x W x 1, or use `.predict` for the metadata's mask as well. All
-three run the same computation as the SavedModel's serving signature (resize to the model
-size, flip TTA if the metadata says so, resize back, threshold, small-component removal; see
-`tfunet.export`), so a mask does not depend on which file produced it beyond the numerics of
-the format. The volume-level largest-3D-component step is never applied here.
+The model runs through `tfunet.predictor.load_predictor` (a .keras file, a SavedModel folder
+or a .tflite file, all with the serving computation), so a mask does not depend on which file
+produced it beyond the numerics of the format. The volume-level largest-3D-component step is
+never applied here: one image is one slice.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -27,119 +23,6 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 OUTPUT_SUFFIXES = ("_mask", "_overlay")
 OVERLAY_COLOUR = np.array([255, 0, 0], np.float32)
 OVERLAY_ALPHA = 0.45
-
-
-class Predictor:
-    """A model in any exported form behind one call; see the module docstring."""
-
-    def __init__(self, kind: str, path: Path, meta: dict, probabilities_fn, outputs_fn):
-        self.kind = kind
-        self.path = path
-        self.meta = meta
-        self.image_size = int(meta["image_size"])
-        self._probabilities = probabilities_fn
-        self._outputs = outputs_fn
-
-    @staticmethod
-    def _check(images) -> np.ndarray:
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise TfunetError(f"a predictor takes a uint8 batch N x H x W x 3 of raw pixels, "
-                              f"got {images.dtype} {images.shape}")
-        return images
-
-    def __call__(self, images) -> np.ndarray:
-        """float32 probabilities N x H x W x 1."""
-        return np.asarray(self._probabilities(self._check(images)), np.float32)
-
-    def predict(self, images) -> dict[str, np.ndarray]:
-        """{"probabilities": float32 N x H x W x 1, "mask": uint8 0/1 N x H x W x 1}."""
-        out = self._outputs(self._check(images))
-        return {key: np.asarray(value) for key, value in out.items()}
-
-
-def _keras_predictor(path: Path) -> Predictor:
-    import tensorflow as tf
-
-    from tfunet.export import IMAGES_SPEC, ServingModule, serving_probabilities
-    from tfunet.loading import load_keras_model
-
-    model, meta = load_keras_model(path)
-    module = ServingModule(model, meta)  # rebuilds the model in float32
-    # Probabilities alone (no mask) for callers that threshold themselves, e.g. evaluation.
-    probabilities = tf.function(
-        lambda images: serving_probabilities(images, module.probability_at_model_size, meta),
-        input_signature=[IMAGES_SPEC])
-    return Predictor("keras", path, meta, probabilities, module.serve)
-
-
-def _saved_model_predictor(path: Path) -> Predictor:
-    import tensorflow as tf
-
-    from tfunet.metadata import read_metadata
-
-    if not (path / "saved_model.pb").is_file():
-        raise TfunetError(f"{path} is a folder but not a SavedModel (no saved_model.pb)")
-    meta = read_metadata(path)
-    try:
-        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    except (KeyError, OSError, ValueError) as exc:
-        raise TfunetError(f"cannot load SavedModel {path}: {str(exc).splitlines()[0]}") from None
-    outputs = lambda images: serve(images=tf.constant(images))  # noqa: E731
-    return Predictor("saved_model", path, meta, lambda images: outputs(images)["probabilities"], outputs)
-
-
-def _tflite_predictor(path: Path, num_threads: int | None) -> Predictor:
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    from tfunet.export import metadata_mask, serving_probabilities
-    from tfunet.metadata import read_metadata
-
-    meta = read_metadata(path)
-    try:
-        interpreter = Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count())
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise TfunetError(f"cannot load TFLite model {path}: {str(exc).splitlines()[0]}") from None
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-
-    def probability_at_model_size(x):
-        # The .tflite has a fixed batch of 1: run the slices one by one.
-        probs = []
-        for image in np.asarray(x, np.float32):
-            interpreter.set_tensor(inp["index"], image[None])
-            interpreter.invoke()
-            probs.append(interpreter.get_tensor(out["index"]))
-        return tf.constant(np.concatenate(probs))
-
-    def probabilities(images):
-        return serving_probabilities(tf.constant(images), probability_at_model_size, meta)
-
-    mask = tf.function(lambda probs: metadata_mask(probs, meta), reduce_retracing=True)
-
-    def outputs(images):
-        probs = probabilities(images)
-        return {"probabilities": probs, "mask": mask(probs)}
-
-    return Predictor("tflite", path, meta, probabilities, outputs)
-
-
-def load_predictor(path: str | Path, num_threads: int | None = None) -> Predictor:
-    """A `Predictor` for a .keras file, a serving SavedModel folder or a .tflite file.
-
-    num_threads: TFLite interpreter threads (default: all cores).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise TfunetError(f"model not found: {path}")
-    if path.is_dir():
-        return _saved_model_predictor(path)
-    if path.suffix == ".keras":
-        return _keras_predictor(path)
-    if path.suffix == ".tflite":
-        return _tflite_predictor(path, num_threads)
-    raise TfunetError(f"--model must be a .keras file, a SavedModel folder or a .tflite file, got {path}")
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -212,6 +95,8 @@ def predict_files(inputs, model: str | Path, out_dir: str | Path, progress: bool
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise TfunetError(f"--out must be a folder, but {out_dir} is a file")
+    from tfunet.predictor import load_predictor
+
     predictor = load_predictor(model)
     jobs, problems = collect_inputs(inputs, out_dir)
     if progress is None:

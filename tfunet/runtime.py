@@ -1,4 +1,4 @@
-"""TensorFlow's process-wide settings, applied by the commands at start-up.
+"""TensorFlow's process-wide settings, applied by the commands at start-up, and the XLA rule.
 
 They are environment variables that TensorFlow reads once, when it is first imported, so they
 must be set before that; `import tfunet` itself sets nothing. A Python user who wants the same
@@ -45,3 +45,13 @@ def configure_tensorflow() -> bool:
     for key, value in tensorflow_settings().items():
         os.environ.setdefault(key, value)
     return True
+
+
+def use_jit(config) -> bool:
+    """The one XLA rule, for training and scoring alike: `auto` is on with a GPU and off on
+    CPUs, where XLA measured slower than TensorFlow's oneDNN kernels (docs/performance.md)."""
+    if config.jit_compile == "auto":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return config.jit_compile == "on"

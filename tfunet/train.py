@@ -29,6 +29,7 @@ from tfunet.metadata import make_metadata
 from tfunet.metrics import training_metrics
 from tfunet.model import build_from_config
 from tfunet.precision import dtype_policy, resolve_policy
+from tfunet.runtime import use_jit
 from tfunet.resume import AtomicBackupAndRestore, backup_dir, prepare_resume, truncate_log
 
 BEST_MODEL = "best_model.keras"
@@ -52,14 +53,6 @@ def make_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """AdamW: weight decay decoupled from the gradient, unlike the original's Adam + L2."""
     return keras.optimizers.AdamW(learning_rate=make_schedule(config, steps_per_epoch),
                                   weight_decay=config.weight_decay)
-
-
-def use_jit(config) -> bool:
-    """The one XLA rule: `auto` is on with a GPU, off on CPUs, where XLA measured slower than
-    TensorFlow's oneDNN kernels (README "Speed and scale", scripts/benchmark.py)."""
-    if config.jit_compile == "auto":
-        return bool(tf.config.list_physical_devices("GPU"))
-    return config.jit_compile == "on"
 
 
 def compile_model(model: keras.Model, config, steps_per_epoch: int) -> keras.Model:

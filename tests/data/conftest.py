@@ -43,7 +43,7 @@ def lgg_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lgg_source(lgg_zip, lgg_cache):
     """The zip's slices, prepared into shards once for all tests."""
-    from tfunet.data.lgg import LGGSource
+    from tfunet.data.lgg_tfds import LGGSource
 
     return LGGSource(lgg_zip, lgg_cache)
 

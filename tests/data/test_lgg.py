@@ -13,7 +13,8 @@ import tifffile
 
 from tfunet.config import make_config
 from tfunet.data import lgg_tfds
-from tfunet.data.lgg import LGGSource, Location, locate
+from tfunet.data.lgg import Location, locate
+from tfunet.data.lgg_tfds import LGGSource
 from tfunet.errors import TfunetError
 
 BAD_PATIENT = "TCGA_XX_0000_20000101"

@@ -6,7 +6,6 @@ import json
 import sys
 
 from tfunet.cli import ArgumentParser, run_command
-from tfunet.config import QUANTIZATIONS
 
 
 def build_parser() -> ArgumentParser:
@@ -17,7 +16,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--model", required=True, help="the trained .keras file (its .json metadata beside it)")
     p.add_argument("--saved-model", help="SavedModel folder to write, e.g. saved_models/serving/1")
     p.add_argument("--tflite", help=".tflite file to write (metadata goes beside it as .json)")
-    p.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+    # Checked by tfunet.export (which owns the list), so --help needs no TensorFlow.
+    p.add_argument("--quantize", default="none",
                    help="TFLite: none (float32), float16 weights, dynamic (int8 weights) or int8 "
                         "(full-integer, calibrated on training images)")
     p.add_argument("--calibration-samples", type=int, default=100,

@@ -1,5 +1,4 @@
-"""The LGG MRI Segmentation dataset (Buda et al. 2019): finding it, reading and checking its TIFFs,
-and serving it as a slice source.
+"""The LGG MRI Segmentation dataset (Buda et al. 2019): finding it, reading and checking its TIFFs.
 
 Layout: `kaggle_3m/TCGA_<inst>_<id>_<date>/TCGA_<inst>_<id>_<date>_<k>.tif` (256x256x3 uint8:
 pre-contrast, FLAIR, post-contrast) with `..._<k>_mask.tif` (256x256, 0/255) beside it. The data
@@ -7,7 +6,8 @@ may be given as the `kaggle_3m` folder, a folder above it, or the zip archive as
 Kaggle, which holds the data twice (`kaggle_3m/` and `lgg-mri-segmentation/kaggle_3m/`): the
 shallowest copy is used, so no patient is counted twice. Zips are read in place, never unpacked.
 
-The TIFFs are decoded once into TFDS shards (`tfunet.data.lgg_tfds`); `LGGSource` reads those.
+The TIFFs are decoded once into TFDS shards by `tfunet.data.lgg_tfds`, whose `LGGSource` serves
+them as a slice source. Imports run one way: lgg_tfds imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -242,45 +242,3 @@ def report_bad(bad: list[tuple[str, str]], skip_bad: bool) -> None:
     listing = "".join(f"\n  {path}: {reason}" for path, reason in bad)
     log.warning("skipped %d bad LGG file(s):%s", len(bad), listing)
 
-
-class LGGSource:
-    """LGG slices as a slice source (see `tfunet.data.sources`), read from prepared TFDS shards.
-
-    Shards hold every slice in one split; patients are picked in tf.data by `patient_id`, so a
-    new seed or split file reuses the same shards.
-    """
-
-    def __init__(self, data_dir: str | Path, cache_dir: str | Path | None = None,
-                 skip_bad: bool = False):
-        from tfunet.data import lgg_tfds
-
-        self.builder = lgg_tfds.prepare(locate(data_dir), cache_dir, skip_bad)
-        metadata = self.builder.info.metadata
-        report_bad([tuple(b) for b in metadata["skipped"]], skip_bad)
-        self._patients = {str(k): int(v) for k, v in metadata["patients"].items()}
-
-    @classmethod
-    def from_config(cls, config) -> "LGGSource":
-        if not config.data_dir:
-            raise TfunetError("--data-dir is required for dataset 'lgg'")
-        return cls(config.data_dir, config.cache_dir, config.skip_bad)
-
-    def patients(self) -> dict[str, int]:
-        return dict(self._patients)
-
-    def dataset(self, patient_ids):
-        import tensorflow as tf
-
-        from tfunet.data.lgg_tfds import SPLIT
-
-        ds = self.builder.as_dataset(split=SPLIT, shuffle_files=False)
-        keys = sorted(set(patient_ids))
-        if not keys:
-            return ds.take(0)
-        table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.ones(len(keys), tf.int32)),
-            default_value=0)
-        count = sum(self._patients.get(p, 0) for p in keys)
-        # A known length lets Keras size epochs and progress bars.
-        return ds.filter(lambda e: table.lookup(e["patient_id"]) > 0).apply(
-            tf.data.experimental.assert_cardinality(count))

@@ -1,7 +1,7 @@
 """A TFDS builder for LGG MRI Segmentation: the TIFFs are decoded once, in parallel, into shards.
 
 Every slice goes into one TFDS split (`slices`); train/val/test are cut in tf.data by patient id
-(`tfunet.data.lgg.LGGSource`), so a new seed or split file never re-prepares shards. The data is
+(`LGGSource`, below), so a new seed or split file never re-prepares shards. The data is
 a manual download: nothing here touches the network.
 
 `prepare()` keys the shards on a fingerprint of the data (file names, sizes, stamps) through a
@@ -172,3 +172,42 @@ def prepare(source: Location, cache_dir: str | Path | None = None,
     except BadFile as exc:
         report_bad([(exc.path, exc.reason)], skip_bad=False)
     return builder
+
+
+class LGGSource:
+    """LGG slices as a slice source (see `tfunet.data.sources`), read from prepared TFDS shards.
+
+    Shards hold every slice in one split; patients are picked in tf.data by `patient_id`, so a
+    new seed or split file reuses the same shards.
+    """
+
+    def __init__(self, data_dir: str | Path, cache_dir: str | Path | None = None,
+                 skip_bad: bool = False):
+        self.builder = prepare(locate(data_dir), cache_dir, skip_bad)
+        metadata = self.builder.info.metadata
+        report_bad([tuple(b) for b in metadata["skipped"]], skip_bad)
+        self._patients = {str(k): int(v) for k, v in metadata["patients"].items()}
+
+    @classmethod
+    def from_config(cls, config) -> "LGGSource":
+        if not config.data_dir:
+            raise TfunetError("--data-dir is required for dataset 'lgg'")
+        return cls(config.data_dir, config.cache_dir, config.skip_bad)
+
+    def patients(self) -> dict[str, int]:
+        return dict(self._patients)
+
+    def dataset(self, patient_ids):
+        import tensorflow as tf
+
+        ds = self.builder.as_dataset(split=SPLIT, shuffle_files=False)
+        keys = sorted(set(patient_ids))
+        if not keys:
+            return ds.take(0)
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.ones(len(keys), tf.int32)),
+            default_value=0)
+        count = sum(self._patients.get(p, 0) for p in keys)
+        # A known length lets Keras size epochs and progress bars.
+        return ds.filter(lambda e: table.lookup(e["patient_id"]) > 0).apply(
+            tf.data.experimental.assert_cardinality(count))

@@ -11,12 +11,20 @@ import tensorflow as tf
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def resize_image(image, image_size: int):
+    """uint8 pixels (H, W, C) or (N, H, W, C) -> float32 at image_size x image_size: bilinear,
+    then rounded and clipped to uint8 values, so a resized slice holds what a uint8 file would.
+    The one resize of training, evaluation and serving; at the model size it is the identity."""
+    image = tf.image.resize(image, (image_size, image_size), method="bilinear")
+    return tf.clip_by_value(tf.round(image), 0.0, 255.0)
+
+
 def resize_slice(element: dict, image_size: int) -> dict:
-    """Resize image (bilinear, back to uint8) and mask (nearest, stays binary) to the model size."""
+    """Resize image (as `resize_image`, back to uint8) and mask (nearest, stays binary) to the
+    model size."""
     image, mask = element["image"], element["mask"]
     if image.shape[0] != image_size or image.shape[1] != image_size:
-        image = tf.image.resize(image, (image_size, image_size), method="bilinear")
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        image = tf.cast(resize_image(image, image_size), tf.uint8)
         mask = tf.image.resize(mask, (image_size, image_size), method="nearest")
     return {**element, "image": image, "mask": mask}
 

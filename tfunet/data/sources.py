@@ -57,7 +57,7 @@ def make_source(config) -> SliceSource:
         return SyntheticSource(config.num_patients, config.slices_per_patient, config.image_size,
                                config.seed)
     if config.dataset == "lgg":
-        from tfunet.data.lgg import LGGSource
+        from tfunet.data.lgg_tfds import LGGSource
 
         return LGGSource.from_config(config)
     raise TfunetError(f"unknown dataset {config.dataset!r}")
