@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_evaluate import cpu_description  # noqa: E402
 
 from tfunet.runtime import configure_tensorflow  # noqa: E402
 
@@ -46,13 +48,6 @@ def parse_args(argv=None):
                    help="XLA for the bfloat16 arm (auto: on where the CPU has no bfloat16 instructions)")
     p.add_argument("--output", required=True, help="JSON file; finished rows in it are skipped")
     return p.parse_args(argv)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
 
 
 def cpu_has_bfloat16() -> bool:
@@ -112,7 +107,7 @@ def main(argv=None) -> dict:
     output = Path(args.output)
     rows = json.loads(output.read_text())["runs"] if output.is_file() else []
     done = {(r["seed"], r["precision"]) for r in rows}
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(),
+    machine = {"cpu": cpu_description()["model"], "cores": os.cpu_count(),
                "bfloat16_instructions": cpu_has_bfloat16()}
     for seed in args.seeds:
         for precision in POLICIES:

@@ -96,6 +96,36 @@ ARCHITECTURE_HELP = ("model_architecture.png needs pydot and Graphviz: pip insta
                      "brew install graphviz, or conda install graphviz)")
 
 
+def plot_mosaic(flair, mask, png_path: str | Path, title: str = "", max_slices: int = 16) -> Path:
+    """Axial slices (S, H, W) of a volume as a grid, FLAIR in grey with the predicted tumour in
+    red: the tumour-bearing slices (evenly picked when there are more than `max_slices`), or
+    evenly spaced slices when there is no tumour. Orientation as shown: anterior at the top, the
+    patient's right on the left."""
+    import numpy as np
+
+    flair, mask = np.asarray(flair), np.asarray(mask, bool)
+    picks = np.flatnonzero(mask.any(axis=(1, 2)))
+    if not len(picks):
+        picks = np.arange(len(flair))
+    picks = picks[np.linspace(0, len(picks) - 1, min(max_slices, len(picks))).round().astype(int)]
+    cols = min(4, len(picks))
+    rows = -(-len(picks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, k in zip(axes.flat, picks):
+        grey = np.repeat(flair[k, ..., None].astype(np.float32) / 255.0, 3, axis=-1)
+        grey[mask[k]] = 0.45 * grey[mask[k]] + 0.55 * np.array([1.0, 0.0, 0.0])
+        ax.imshow(grey, interpolation="nearest")
+        ax.set_title(f"slice {k}", fontsize=9)
+    fig.suptitle(title or "FLAIR, prediction in red (anterior up, patient's right on the left)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    return Path(png_path)
+
+
 def plot_architecture(model, png_path: str | Path) -> Path | None:
     """Draw the model with `keras.utils.plot_model`; None when pydot or Graphviz is missing
     (the caller prints `ARCHITECTURE_HELP`), because the figure is optional."""

@@ -67,30 +67,67 @@ def write_png(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def collect_inputs(inputs, out_dir: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(image, output stem) pairs for files and folders (searched recursively, sub-folders kept
-    under out_dir), and a message for each input that yields nothing."""
+def _has_nifti(folder: Path) -> bool:
+    from tfunet.volumes import is_nifti
+
+    return any(p.is_file() and is_nifti(p) for p in folder.iterdir())
+
+
+def collect_inputs(inputs, out_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Jobs (kind, input, output stem or folder) for files and folders, and a message for each
+    input that yields nothing. kind "image": one image file. kind "case": a folder of NIfTI
+    sequences, or one 4-D NIfTI file (see tfunet.volumes). Folders are searched recursively for
+    images and for case folders; sub-folders are kept under out_dir."""
+    from tfunet.volumes import is_nifti
+
     jobs, problems = [], []
     for item in map(Path, inputs):
         if item.is_dir():
+            if _has_nifti(item):
+                jobs.append(("case", item, out_dir))
+                continue
             found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                            and not p.stem.endswith(OUTPUT_SUFFIXES))
-            if not found:
-                problems.append(f"no .tif/.png/.jpg images in folder {item}")
-            jobs += [(p, out_dir / p.relative_to(item).parent / p.stem) for p in found]
+            cases = sorted(p for p in item.rglob("*") if p.is_dir() and _has_nifti(p))
+            if not found and not cases:
+                problems.append(f"no .tif/.png/.jpg images or NIfTI cases in folder {item}")
+            jobs += [("image", p, out_dir / p.relative_to(item).parent / p.stem) for p in found]
+            jobs += [("case", p, out_dir / p.relative_to(item).parent) for p in cases]
         elif item.is_file():
-            jobs.append((item, out_dir / item.stem))
+            jobs.append(("case", item, out_dir) if is_nifti(item) else ("image", item, out_dir / item.stem))
         else:
             problems.append(f"input not found: {item}")
     return jobs, problems
 
 
-def predict_files(inputs, model: str | Path, out_dir: str | Path, progress: bool | None = None) -> bool:
-    """Write <name>_mask.png (0/255) and <name>_overlay.png under out_dir for every image in
-    `inputs` (files or folders). A file that cannot be read or predicted is reported on one line
-    and skipped. Returns True if any input failed. progress: a bar (default: when a folder is given
-    and stderr is a terminal)."""
+def _predict_image(predictor, path: Path, stem: Path) -> None:
+    image = read_image(path)
+    mask = predictor.predict(image[None])["mask"][0, ..., 0]
+    write_png(stem.with_name(f"{stem.name}_mask.png"), mask * np.uint8(255))
+    write_png(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, mask))
+
+
+def _predict_case(predictor, case, out: Path, **options) -> str:
+    from tfunet import volumes
+
+    if isinstance(case, Path):
+        case = volumes.case_from_path(case)
+    return volumes.describe(volumes.predict_case(predictor, case, out, **options))
+
+
+def predict_files(inputs, model: str | Path, out_dir: str | Path, progress: bool | None = None, *,
+                  case=None, percentiles=None, rescale_8bit: bool = False, mosaic: bool = False) -> bool:
+    """Predict every input and write the results under out_dir:
+      * an image file: <name>_mask.png (0/255) and <name>_overlay.png;
+      * a NIfTI case (a folder, a 4-D file, or `case`, a `tfunet.volumes.Case` from explicit
+        files): <case>_mask.nii.gz and <case>_report.json, with a line on screen.
+    An input that cannot be read or predicted is reported on one line and skipped. Returns True
+    if any input failed. progress: a bar (default: when there are several inputs and stderr is
+    a terminal). percentiles, rescale_8bit: the intensity rule for NIfTI cases, and mosaic a PNG
+    of each case's tumour-bearing slices (tfunet.volumes.predict_case)."""
     from tqdm import tqdm
+
+    from tfunet.volumes import PERCENTILES
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -99,17 +136,22 @@ def predict_files(inputs, model: str | Path, out_dir: str | Path, progress: bool
 
     predictor = load_predictor(model)
     jobs, problems = collect_inputs(inputs, out_dir)
+    if case is not None:
+        jobs.append(("case", case, out_dir))
     if progress is None:
-        progress = interactive() and any(Path(item).is_dir() for item in inputs)
+        progress = interactive() and (len(jobs) > 1 or any(Path(item).is_dir() for item in inputs))
     for message in problems:
         print(f"tfunet-predict: {message}", file=sys.stderr)
     failed = bool(problems)
-    for path, stem in tqdm(jobs, desc="predict", unit="image", disable=not progress, file=sys.stderr):
+    for kind, source, target in tqdm(jobs, desc="predict", unit="input", disable=not progress, file=sys.stderr):
         try:
-            image = read_image(path)
-            mask = predictor.predict(image[None])["mask"][0, ..., 0]
-            write_png(stem.with_name(f"{stem.name}_mask.png"), mask * np.uint8(255))
-            write_png(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, mask))
+            if kind == "image":
+                _predict_image(predictor, source, target)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                line = _predict_case(predictor, source, target, percentiles=percentiles or PERCENTILES,
+                                     rescale_8bit=rescale_8bit, mosaic=mosaic)
+                tqdm.write(f"tfunet-predict: {line}")
         except TfunetError as exc:
             tqdm.write(f"tfunet-predict: {exc}; skipped", file=sys.stderr)
             failed = True
