@@ -15,7 +15,7 @@ from tfunet import metrics
 from tfunet.cli.evaluate import main
 from tfunet.data.sources import config_for_model, splits_for_model
 from tfunet.errors import TfunetError
-from tfunet.metadata import read_metadata
+from tfunet.metadata import read_metadata, update_metadata
 from tfunet.postprocess import Settings
 from tfunet.predictor import load_predictor
 
@@ -506,3 +506,30 @@ def test_cli_scores_real_lgg_slices(trained_model, lgg_dir, tmp_path, capsys):
     assert "predicting" in capsys.readouterr().err  # the progress bar, asked for
     assert main(argv[:-1]) == 0
     assert "predicting" not in capsys.readouterr().err  # stderr is no terminal here: no bar
+
+
+def test_scoring_new_patients_needs_no_training_split(trained_model, lgg_dir, tmp_path):
+    """A model scores a folder of patients it never saw: `--split all` uses no split (not the
+    model's, nor its split file), and a split file used only for scoring may hold test patients
+    alone."""
+    from tfunet.data.split import validate_split
+
+    model = copy_model(trained_model, tmp_path / "models")
+    foreign = tmp_path / "training_split.json"
+    foreign.write_text(json.dumps({"train": ["synth_000"], "val": ["synth_001"], "test": ["synth_002"]}))
+    update_metadata(model, config={"split_file": str(foreign)})
+    root = tmp_path / "kaggle_3m"
+    root.mkdir()
+    patients = ("TCGA_CS_4943_20000902", "TCGA_CS_6667_20011105")
+    for patient in patients:
+        (root / patient).symlink_to(lgg_dir / patient, target_is_directory=True)
+    common = dict(dataset="lgg", data_dir=str(root), cache_dir=str(tmp_path / "cache"), num_samples=0,
+                  architecture=False, progress=False)
+    result = ev.evaluate_model(model, split="all", log_dir=tmp_path / "all", **common)
+    assert result.summary["num_patients"] == 2
+    test_only = tmp_path / "test_only.json"
+    test_only.write_text(json.dumps({"train": [], "val": [], "test": [patients[1]]}))
+    result = ev.evaluate_model(model, split="test", split_file=str(test_only), log_dir=tmp_path / "t", **common)
+    assert list(result.summary["patients"]) == [patients[1]]
+    with pytest.raises(TfunetError, match="split has no training patient"):  # training still needs one
+        validate_split({"train": [], "val": [], "test": [patients[1]]}, patients)

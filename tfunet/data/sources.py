@@ -63,14 +63,14 @@ def make_source(config) -> SliceSource:
     raise TfunetError(f"unknown dataset {config.dataset!r}")
 
 
-def load_splits(config, source: SliceSource | None = None) -> DataSplits:
+def load_splits(config, source: SliceSource | None = None, require_train: bool = True) -> DataSplits:
     """The config's dataset cut by patients: from `config.split_file` if given, else seeded."""
     source = source or make_source(config)
     ids = sorted(source.patients())
     if not ids:
         raise TfunetError(f"dataset {config.dataset!r} has no slices")
     if config.split_file:
-        split = validate_split(read_split_file(config.split_file), ids)
+        split = validate_split(read_split_file(config.split_file), ids, require_train)
     else:
         split = split_patients(ids, seed=config.seed)
     return DataSplits(source, split)
@@ -100,18 +100,19 @@ def splits_for_model(config, meta: dict, need_split: bool = True):
     """The patient split the model was trained with, from its metadata, on `config`'s data.
 
     A split file (config.split_file) or another dataset than the model's makes a new split as
-    `tfunet-train` would. need_split=False (scoring every patient) tolerates a metadata split
-    that does not fit the data.
+    `tfunet-train` would; a split file for scoring may leave train and val empty.
+    need_split=False (scoring every patient of a folder, e.g. new patients the model never saw)
+    uses no split at all: neither the model's nor its split file need fit the data.
     """
     source = make_source(config)
+    if not need_split:
+        return DataSplits(source, {"train": [], "val": [], "test": []})
     saved = meta.get("split")
     same_data = (meta.get("config") or {}).get("dataset") == config.dataset
     if config.split_file or not saved or not same_data:
-        return load_splits(config, source)
+        return load_splits(config, source, require_train=False)
     try:
-        return DataSplits(source, validate_split(saved, source.patients()))
+        return DataSplits(source, validate_split(saved, source.patients(), require_train=False))
     except TfunetError as exc:
-        if not need_split:
-            return DataSplits(source, {"train": [], "val": [], "test": []})
         raise TfunetError(f"the model's training split does not fit this data ({exc}); "
                           f"pass --split-file, or --split all") from None

@@ -34,8 +34,10 @@ def split_patients(patient_ids, fractions=(0.70, 0.15, 0.15), seed: int = 42) ->
     }
 
 
-def validate_split(split: dict, known_ids) -> dict[str, list[str]]:
-    """Check a split: the three lists exist, share no patient, and name known patients only."""
+def validate_split(split: dict, known_ids, require_train: bool = True) -> dict[str, list[str]]:
+    """Check a split: the three lists exist, share no patient, and name known patients only.
+    require_train: training needs a training patient; scoring does not (a split file used only
+    to pick test patients may leave train and val empty)."""
     missing = [name for name in SPLITS if name not in split]
     if missing:
         raise TfunetError(f"split is missing list(s): {', '.join(missing)}")
@@ -50,7 +52,7 @@ def validate_split(split: dict, known_ids) -> dict[str, list[str]]:
             if pid not in known:
                 raise TfunetError(f"patient {pid} in split {name!r} is not in the dataset")
             seen[pid] = name
-    if not split["train"]:
+    if require_train and not split["train"]:
         raise TfunetError("split has no training patient")
     return {name: list(split[name]) for name in SPLITS}
 
