@@ -193,6 +193,7 @@ def test_quantized_masks_agree_with_float32(tflite_models, held_out, quantize, a
     variant = load_predictor(tflite_models[quantize]).predict(held_out[0])
     assert np.abs(variant["probabilities"] - reference["probabilities"]).max() <= atol
     assert_masks_agree(variant["mask"], reference["mask"], min_dice)
+    assert (variant["mask"] == reference["mask"]).mean() >= 0.999
 
 
 def test_int8_metadata_records_calibration(tflite_models):

@@ -43,6 +43,7 @@ def test_every_format_predicts_the_same(predictors, tumour_images, size, assert_
         np.testing.assert_allclose(outputs[kind]["probabilities"], reference["probabilities"], atol=1e-4)
         # Masks may only differ where a probability sits within float error of the threshold.
         assert_masks_agree(outputs[kind]["mask"], reference["mask"], 0.99)
+        assert (outputs[kind]["mask"] == reference["mask"]).mean() >= 0.999
     np.testing.assert_array_equal(predictors["tflite"](images), outputs["tflite"]["probabilities"])
 
 
