@@ -419,6 +419,7 @@ def test_architecture_figure_with_pydot_and_graphviz(trained_model, tmp_path):
     (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     (["--threshold", "1.5"], "threshold must be in (0, 1), got 1.5"),
     (["--split", "train"], "argument --split: invalid choice: 'train'"),
+    (["--tune", "--tune-metric", "f1"], "argument --tune-metric: invalid choice: 'f1'"),
     (["--dataset", "lgg", "--data-dir", "/nonexistent/kaggle_3m"],
      "data folder not found: /nonexistent/kaggle_3m\n"),
 ])

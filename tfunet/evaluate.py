@@ -25,11 +25,9 @@ from tfunet import metrics
 from tfunet.console import progress_enabled
 from tfunet.errors import TfunetError
 from tfunet.fileio import write_json, write_text
-from tfunet.postprocess import Settings, ValidationPatient, flip_average, patient_mask, slice_masks
+from tfunet.postprocess import TUNE_METRICS, Settings, ValidationPatient, flip_average, patient_mask, slice_masks
 from tfunet.predictor import ModelRunner
 
-# The summary keys a user may tune post-processing for (all: higher is better).
-TUNE_METRICS = ("dice_pooled", "patient_dice_mean", "patient_dice_median", "dice", "dice_tumour_slices")
 ORIGINAL_TABLE = (("Dice", "dice"), ("Jaccard", "jaccard"), ("Precision", "precision"),
                   ("Recall", "recall"), ("F1", "f1"))
 

@@ -38,6 +38,8 @@ THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.10, 0.91, 0.05))
 MIN_COMPONENT_PIXELS = (0, 10, 25, 50, 100, 200, 400)
 # What `tune` measures, in this order, by default (`tfunet-evaluate --tune`).
 TUNE_STEPS = ("tta_flip", "threshold", "min_component_pixels", "largest_3d_component")
+# The evaluation summary figures tuning may maximise (all: higher is better).
+TUNE_METRICS = ("dice_pooled", "patient_dice_mean", "patient_dice_median", "dice", "dice_tumour_slices")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,8 @@ SETTINGS_FLAGS = ("threshold", "min_component_pixels", "largest_3d_component", "
 
 
 def build_parser() -> ArgumentParser:
+    from tfunet.postprocess import TUNE_METRICS  # NumPy and SciPy only: --help stays quick
+
     p = ArgumentParser(prog="tfunet-evaluate",
                        description="Score a trained U-Net on a split: the PyTorch original's table plus "
                                    "pooled, tumour-slice and per-patient 3-D Dice (research use only).")
@@ -45,9 +47,8 @@ def build_parser() -> ArgumentParser:
     tune.add_argument("--tune", action="store_true",
                       help="measure flip TTA, threshold, small-component removal and largest 3-D component "
                            "one after another on validation; turn on each that helps")
-    tune.add_argument("--tune-metric", default="dice_pooled",
-                      help="what tuning maximises: dice_pooled (default, as checkpointing does), patient_dice_mean, "
-                           "patient_dice_median, dice or dice_tumour_slices")
+    tune.add_argument("--tune-metric", choices=TUNE_METRICS, default="dice_pooled",
+                      help="what tuning maximises (default: dice_pooled, as checkpointing does)")
     figs = p.add_argument_group("figures")
     figs.add_argument("--num-samples", type=int, default=3,
                       help="sample_<i>.png of that many seeded random slices (default 3, 0 = none)")
