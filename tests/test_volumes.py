@@ -264,3 +264,14 @@ def test_converter_reports_bad_folders(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "empty: expected LGG slices" in err and "missing: not a folder of LGG slices" in err
     assert convert_main(["lgg-to-nifti", str(tmp_path), "--out", str(tmp_path / "o"), "--spacing", "1", "0", "1"]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "m.keras", "--out", "o"], "give INPUT files or folders, or a NIfTI case with --flair"),
+    (["--pre", "t1.nii.gz", "--model", "m.keras", "--out", "o"], "--flair is required with --pre/--post"),
+    (["case", "--percentiles", "99", "1", "--model", "m.keras", "--out", "o"], "--percentiles must satisfy"),
+])
+def test_predict_flags_are_checked_before_any_work(argv, message, capsys):
+    assert predict_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tfunet-predict: error: ") and message in err[0]
