@@ -86,9 +86,10 @@ def collect_inputs(inputs, out_dir: Path) -> tuple[list[tuple[str, Path, Path]],
             if _has_nifti(item):
                 jobs.append(("case", item, out_dir))
                 continue
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                           and not p.stem.endswith(OUTPUT_SUFFIXES))
-            cases = sorted(p for p in item.rglob("*") if p.is_dir() and _has_nifti(p))
+            entries = sorted(item.rglob("*"))  # one walk for images and case folders
+            found = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                     and not p.stem.endswith(OUTPUT_SUFFIXES)]
+            cases = [p for p in entries if p.is_dir() and _has_nifti(p)]
             if not found and not cases:
                 problems.append(f"no .tif/.png/.jpg images or NIfTI cases in folder {item}")
             jobs += [("image", p, out_dir / p.relative_to(item).parent / p.stem) for p in found]

@@ -68,10 +68,6 @@ class Case:
     files: dict[str, Path]  # sequence -> path; a single "all" key for a 4-D file
     out_name: str
 
-    @property
-    def reference(self) -> Path:
-        return self.files.get("flair") or self.files["all"]
-
 
 def find_case(folder: Path) -> Case:
     """The case in a folder of NIfTI files named the BraTS way (or holding one 4-D file)."""
@@ -136,16 +132,12 @@ def _load(path: Path):
     return image, raw
 
 
-def _canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def _reorient(data: np.ndarray, affine: np.ndarray, to_canonical: bool = True) -> np.ndarray:
+    """`data` on the grid `affine` describes -> the canonical orientation, or back."""
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-    return apply_orientation(data, ornt_transform(io_orientation(affine), axcodes2ornt(CANONICAL)))
-
-
-def _from_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-
-    return apply_orientation(data, ornt_transform(axcodes2ornt(CANONICAL), io_orientation(affine)))
+    own, canonical = io_orientation(affine), axcodes2ornt(CANONICAL)
+    return apply_orientation(data, ornt_transform(own, canonical) if to_canonical else ornt_transform(canonical, own))
 
 
 def _check_values(data: np.ndarray, path: Path) -> None:
@@ -186,7 +178,7 @@ def read_sequences(case: Case, percentiles=PERCENTILES, rescale_8bit: bool = Fal
         parts = {k: data[..., i] for i, k in enumerate(SEQUENCES)} if key == "all" else {key: data}
         for name, part in parts.items():
             _check_values(part, path)
-            canonical = _canonical(part, image.affine)
+            canonical = _reorient(part, image.affine)
             volumes[name] = Volume(to_uint8(canonical, passthrough, percentiles), image.affine, image.header,
                                    path, passthrough)
     reference = volumes["flair"]
@@ -224,7 +216,7 @@ def predict_case(predictor, case: Case, out_dir: Path, batch_size: int = 16,
     settings = Settings.from_metadata(predictor.meta)
     mask = patient_mask(np.concatenate(masks).astype(bool), settings)  # (S, P, L)
     reference = volumes["flair"]
-    grid = _from_canonical(np.moveaxis(mask, 0, 2), reference.affine).astype(np.uint8)
+    grid = _reorient(np.moveaxis(mask, 0, 2), reference.affine, to_canonical=False).astype(np.uint8)
 
     header = reference.header.copy()
     out = nib.Nifti1Image(grid, reference.affine, header)
