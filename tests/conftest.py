@@ -98,3 +98,28 @@ def exported_model(trained_model, tmp_path_factory) -> dict:
                      tflite=out / "model_float32.tflite")
     return {"keras": trained_model["model_path"], "saved_model": Path(written["saved_model"]),
             "tflite": Path(written["tflite"])}
+
+
+@pytest.fixture(scope="session")
+def kill_when_written():
+    """run(args, marker, env): start a command, SIGKILL it as soon as `marker` exists (e.g. a
+    training backup: an epoch has finished), and check that the kill, not the end, stopped it."""
+    import signal
+    import subprocess
+    import time
+
+    def run(args, marker: Path, env: dict, timeout: float = 300) -> None:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            while not marker.is_file() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert marker.is_file(), f"{marker} was not written within the time limit"
+            os.kill(process.pid, signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait(timeout=60)
+        assert process.returncode == -signal.SIGKILL
+
+    return run

@@ -2,9 +2,7 @@ import csv
 import math
 import os
 import re
-import signal
 import subprocess
-import time
 
 import pytest
 
@@ -75,7 +73,7 @@ RUN = dict(image_size=32, base_filters=4, depth=2, num_patients=5, slices_per_pa
            batch_size=8, lr=1e-2)
 
 
-def test_kill_9_and_rerun_continues_from_the_last_finished_epoch(tmp_path):
+def test_kill_9_and_rerun_continues_from_the_last_finished_epoch(tmp_path, kill_when_written):
     args = ["tfunet-train", "--deterministic", "--output-dir", str(tmp_path)]
     for key, value in RUN.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
@@ -83,18 +81,7 @@ def test_kill_9_and_rerun_continues_from_the_last_finished_epoch(tmp_path):
     backup = tmp_path / "logs" / "backup" / "training_metadata.json"
     csv_path = tmp_path / "logs" / "train_log.csv"
 
-    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    try:
-        deadline = time.monotonic() + 300
-        while not backup.is_file() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert first.poll() is None, "the first run ended before it could be killed"
-        assert backup.is_file(), "no epoch finished within the time limit"
-        os.kill(first.pid, signal.SIGKILL)
-    finally:
-        first.kill()
-        first.wait(timeout=60)
-    assert first.returncode == -signal.SIGKILL
+    kill_when_written(args, backup, env)
     rows_before = csv_path.read_text().count("\n") - 1
     assert 1 <= rows_before < RUN["epochs"]
 

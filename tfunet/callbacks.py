@@ -13,14 +13,15 @@ from tfunet.plots import plot_loss_curves
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save the model, with its metadata, whenever `monitor` improves.
+    """Save the model, with its metadata, whenever `monitor` improves (monitor=None: after every
+    epoch, so the last epoch's model stays; nothing is selected).
 
     Unlike `keras.callbacks.ModelCheckpoint` it writes atomically (a crash mid-save never leaves
     a broken best model), never saves a non-finite score, and starts from
     `initial_value_threshold`, so a resumed run cannot overwrite a better model with a worse one.
     """
 
-    def __init__(self, path: str | Path, metadata: dict, monitor: str = "val_dice_pooled",
+    def __init__(self, path: str | Path, metadata: dict, monitor: str | None = "val_dice_pooled",
                  mode: str = "max", initial_value_threshold: float | None = None, verbose: int = 1):
         super().__init__()
         self.path = Path(path)
@@ -35,6 +36,11 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         return self.best is None or self.sign * (value - self.best) > 0
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is None:
+            loss = float((logs or {}).get("loss", 0.0))
+            if math.isfinite(loss):  # a diverged epoch does not replace the last good model
+                self._save({"epoch": epoch + 1})
+            return
         value = (logs or {}).get(self.monitor)
         if value is None or not math.isfinite(float(value)):
             return
@@ -46,10 +52,12 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             print(f"\nEpoch {epoch + 1}: {self.monitor} improved {previous} -> {value:.4f}; "
                   f"saving {self.path}")
         self.best, self.best_epoch = value, epoch + 1
+        self._save({"epoch": epoch + 1, self.monitor: value})
+
+    def _save(self, best: dict):
         with atomic_path(self.path) as tmp:
             self.model.save(tmp)
-        meta = {**self.metadata, "best": {"epoch": epoch + 1, self.monitor: value}}
-        write_metadata(self.path, meta)
+        write_metadata(self.path, {**self.metadata, "best": best})
 
 
 class LossCurvePlot(keras.callbacks.Callback):

@@ -68,6 +68,8 @@ class TrainConfig:
     dice_weight: float = 1.0
     threshold: float = 0.5
     seed: int = 42
+    # cross-validation: 0 = one train/val/test run; K >= 2 = K-fold cross-validation by patient
+    folds: int = 0
     # execution
     jit_compile: str = "auto"  # auto: XLA on GPUs, off on CPUs
     mixed_precision: str = "auto"  # auto, off, bfloat16, float16
@@ -98,6 +100,11 @@ class TrainConfig:
             raise TfunetError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise TfunetError("lr must be positive and weight-decay, warmup-epochs non-negative")
+        if self.folds < 0 or self.folds == 1:
+            raise TfunetError(f"folds must be 0 (no cross-validation) or at least 2, got {self.folds}")
+        if self.folds and self.strategy == "multi-worker":
+            raise TfunetError("--folds runs its folds one after another on one machine; "
+                              "drop --strategy multi-worker")
         if self.warmup_epochs >= self.epochs:
             raise TfunetError(f"warmup-epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
         for name, choices in CHOICES.items():

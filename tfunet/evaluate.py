@@ -197,25 +197,26 @@ def evaluate(runner: ModelRunner, splits, split: str = "test", settings: Setting
 
 
 def collect_validation(runner: ModelRunner, splits, *, batch_size: int = 16, tta: bool = True,
-                       progress: bool | None = None) -> list[ValidationPatient]:
-    """The validation split's truths and probabilities (with flip TTA too when `tta`), for tuning."""
+                       progress: bool | None = None, split: str = "val") -> list[ValidationPatient]:
+    """A split's truths and probabilities (with flip TTA too when `tta`) per patient, for tuning
+    (the validation split) or for cross-validation (a held-out fold)."""
     if runner.builtin_tta is not None:
         raise TfunetError(f"{runner.path} is an exported model, whose settings are fixed at export: "
                           f"tune the .keras model it came from, then export it again")
-    counts = _slice_counts(splits, "val")
+    counts = _slice_counts(splits, split)
 
     def slices():
-        for batch in predict_batches(runner, splits.dataset("val"), total=sum(counts.values()),
+        for batch in predict_batches(runner, splits.dataset(split), total=sum(counts.values()),
                                      batch_size=batch_size, tta=tta, progress=progress):
             for i, pid in enumerate(batch["patient_id"]):
                 tta_probs = None if batch["probs_tta"] is None else batch["probs_tta"][i]
                 yield pid, int(batch["slice"][i]), (batch["truth"][i], batch["probs"][i], tta_probs)
 
     patients = []
-    for _, items in by_patient(slices(), counts):
+    for pid, items in by_patient(slices(), counts):
         truth, probs, probs_tta = zip(*items)
         patients.append(ValidationPatient(np.stack(truth), np.stack(probs),
-                                          None if probs_tta[0] is None else np.stack(probs_tta)))
+                                          None if probs_tta[0] is None else np.stack(probs_tta), pid))
     return patients
 
 
@@ -223,7 +224,11 @@ def _slice_counts(splits, split: str) -> dict[str, int]:
     counts = splits.source.patients()
     patients = splits.patients(split)
     if not patients:
-        raise TfunetError(f"split {split!r} has no patients")
+        hint = ""
+        if split == "test" and not splits.split["val"] and splits.split["train"]:
+            hint = (" (a K-fold ensemble trained on every patient of its folds: score other patients "
+                    "with --data-dir FOLDER --split all)")
+        raise TfunetError(f"split {split!r} has no patients{hint}")
     return {pid: counts[pid] for pid in patients}
 
 
@@ -297,7 +302,7 @@ def write_reports(ev: Evaluation, log_dir: str | Path) -> tuple[Path, Path]:
 TUNE_CHOICES = ("all", "threshold")  # tfunet-evaluate --tune / --tune-threshold
 
 
-def evaluate_model(model: str | Path, *, split: str = "test", dataset: str | None = None,
+def evaluate_model(model, *, split: str = "test", dataset: str | None = None,
                    data_dir: str | None = None, cache_dir: str | None = None, split_file: str | None = None,
                    batch_size: int | None = None, settings: dict | None = None, tune: str | None = None,
                    tune_metric: str = "dice_pooled", num_samples: int = 3, seed: int | None = None,
@@ -306,6 +311,9 @@ def evaluate_model(model: str | Path, *, split: str = "test", dataset: str | Non
                    progress: bool | None = None) -> Evaluation:
     """Score a saved model on a split, write its reports and figures to `log_dir`, and return
     the `Evaluation` (its `written` lists the files).
+
+    model: a .keras file, a SavedModel folder, a .tflite file, or an ensemble (several .keras
+        files, or a K-fold run's saved_models/ folder; their probabilities are averaged).
 
     Dataset, data folder, split and post-processing default to the model's metadata.
     settings: post-processing overrides for this run (keys of `tfunet.postprocess.Settings`).
@@ -316,7 +324,8 @@ def evaluate_model(model: str | Path, *, split: str = "test", dataset: str | Non
     """
     from tfunet import plots
     from tfunet.data.sources import config_for_model, splits_for_model
-    from tfunet.metadata import read_metadata, update_metadata
+    from tfunet.loading import model_metadata
+    from tfunet.metadata import update_metadata
     from tfunet.postprocess import TUNE_STEPS
     from tfunet.postprocess import tune as tune_settings
     from tfunet.predictor import load_predictor
@@ -335,16 +344,18 @@ def evaluate_model(model: str | Path, *, split: str = "test", dataset: str | Non
         raise TfunetError(f"--num-samples must be >= 0, got {num_samples}")
     if batch_size is not None and batch_size < 1:
         raise TfunetError(f"--batch-size must be at least 1, got {batch_size}")
-    model_path = Path(model)
-    if not model_path.exists():
-        raise TfunetError(f"model not found: {model_path}")
-    meta = read_metadata(model_path)
+    several = not isinstance(model, (str, Path)) and len(model) > 1
+    if several and tune:
+        raise TfunetError("--tune writes the chosen settings to the model's metadata: tune one model, or a "
+                          "K-fold run's saved_models/ folder (whose tfunet.json holds the ensemble's)")
+    model_path = Path(model) if isinstance(model, (str, Path)) else Path(model[0])
+    meta = model_metadata(model)
     config = config_for_model(meta, dataset=dataset, data_dir=data_dir, cache_dir=cache_dir,
                               split_file=split_file, batch_size=batch_size, seed=seed, jit_compile=jit_compile)
     chosen = dataclasses.replace(Settings.from_metadata(meta), **settings)  # checks values before any work
     log_dir = Path(log_dir)
     train_log = _train_log(log_dir, config) if loss_curves else None
-    predictor = load_predictor(model_path, mixed_precision=mixed_precision, jit_compile=use_jit(config),
+    predictor = load_predictor(model, mixed_precision=mixed_precision, jit_compile=use_jit(config),
                                batch_size=config.batch_size)
     splits = splits_for_model(config, meta, need_split=bool(tune) or split != "all")
 

@@ -36,9 +36,9 @@ import tensorflow as tf
 
 from tfunet.errors import TfunetError
 from tfunet.fileio import atomic_path
-from tfunet.loading import FLOAT32, float32_model, is_mixed_precision, load_keras_model
+from tfunet.loading import FLOAT32, float32_model, is_mixed_precision, load_keras_models
 from tfunet.metadata import metadata_path, write_metadata
-from tfunet.serving import ServingModule
+from tfunet.serving import ServingModule, as_list
 
 METADATA_ASSET = "tfunet.json"
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")  # tfunet-export --quantize (TFLite)
@@ -63,9 +63,9 @@ def export_record(meta: dict, **fields) -> dict:
     return {**meta, "export": {**meta.get("export", {}), **fields, "policy": FLOAT32}}
 
 
-def export_saved_model(model: keras.Model, meta: dict, out_dir: str | Path) -> Path:
-    """Write the serving SavedModel of `model` (any dtype policy; served in float32) to
-    `out_dir` (metadata at out_dir/tfunet.json and in assets/)."""
+def export_saved_model(model: keras.Model | list[keras.Model], meta: dict, out_dir: str | Path) -> Path:
+    """Write the serving SavedModel of `model`, or of an ensemble of models (any dtype policy;
+    served in float32) to `out_dir` (metadata at out_dir/tfunet.json and in assets/)."""
     meta = export_record(meta)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -90,11 +90,25 @@ def export_saved_model(model: keras.Model, meta: dict, out_dir: str | Path) -> P
 
 # --- TFLite -----------------------------------------------------------------------------------
 
-def probability_model(model: keras.Model) -> keras.Model:
+def probability_model(models: keras.Model | list[keras.Model]) -> keras.Model:
     """The U-Net with a sigmoid on top: devices get probabilities, and int8 quantizes [0, 1]
-    far more finely than the logits' range."""
-    probs = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(model.outputs[0])
-    return keras.Model(model.inputs, probs, name=f"{model.name}_probabilities")
+    far more finely than the logits' range. Several models (an ensemble, all float32 and of one
+    input size) share the input and their probabilities are averaged, in one graph."""
+    models = as_list(models)
+    if len(models) == 1:
+        model = models[0]
+        probs = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(model.outputs[0])
+        return keras.Model(model.inputs, probs, name=f"{model.name}_probabilities")
+    image = keras.Input(models[0].inputs[0].shape[1:], name="image")
+    named = {}
+    for model in models:  # a functional model needs distinct names for distinct members
+        if id(model) not in named:
+            model.name = f"member_{len(named)}"
+            named[id(model)] = model
+    probs = [keras.layers.Activation("sigmoid", dtype="float32", name=f"probabilities_{i}")(model(image))
+             for i, model in enumerate(models)]
+    average = keras.layers.Average(dtype="float32", name="probabilities")(probs)
+    return keras.Model(image, average, name="ensemble_probabilities")
 
 
 def calibration_images(meta: dict, num_images: int, data_dir: str | None = None) -> np.ndarray:
@@ -117,19 +131,20 @@ def _check_quantize(quantize: str) -> None:
         raise TfunetError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
 
 
-def convert_tflite(model: keras.Model, image_size: int, quantize: str = "none",
+def convert_tflite(model: keras.Model | list[keras.Model], image_size: int, quantize: str = "none",
                    calibration: np.ndarray | None = None) -> bytes:
-    """The .tflite bytes of `model` with a sigmoid, fixed batch 1, built-in ops only.
+    """The .tflite bytes of `model` (or of an ensemble of models, averaged) with a sigmoid,
+    fixed batch 1, built-in ops only.
 
     `model` may compute in any dtype policy: it is rebuilt in float32 from its own layer
     configs (`tfunet.loading.float32_model`), so no metadata is needed."""
     _check_quantize(quantize)
     if quantize == "int8" and calibration is None:
         raise TfunetError("int8 quantization needs calibration images")
-    spec = tf.TensorSpec((1, image_size, image_size, model.inputs[0].shape[-1]), tf.float32, name="image")
+    models = [float32_model(m) for m in as_list(model)]
+    spec = tf.TensorSpec((1, image_size, image_size, models[0].inputs[0].shape[-1]), tf.float32, name="image")
     with tempfile.TemporaryDirectory() as scratch:
-        probability_model(float32_model(model)).export(scratch, format="tf_saved_model", input_signature=[spec],
-                                        verbose=False)
+        probability_model(models).export(scratch, format="tf_saved_model", input_signature=[spec], verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantize != "none":
@@ -142,7 +157,7 @@ def convert_tflite(model: keras.Model, image_size: int, quantize: str = "none",
         return converter.convert()
 
 
-def export_tflite(model: keras.Model, meta: dict, out_path: str | Path, quantize: str = "none",
+def export_tflite(model: keras.Model | list[keras.Model], meta: dict, out_path: str | Path, quantize: str = "none",
                   calibration: np.ndarray | None = None) -> Path:
     """Write a .tflite of `model` (any dtype policy; converted in float32) atomically, with its
     metadata beside it (out.json)."""
@@ -159,28 +174,33 @@ def export_tflite(model: keras.Model, meta: dict, out_path: str | Path, quantize
 
 # --- the whole export, as tfunet-export runs it -----------------------------------------------
 
-def export(model_path: str | Path, saved_model: str | Path | None = None,
+def export(model_path, saved_model: str | Path | None = None,
            tflite: str | Path | None = None, quantize: str = "none",
            calibration_samples: int = 100, data_dir: str | None = None) -> dict:
-    """Export a .keras model to a serving SavedModel and/or a TFLite file; returns what was written."""
+    """Export a .keras model, or an ensemble (several .keras files, or a K-fold run's
+    saved_models/ folder: see `tfunet.loading.find_members`), to one serving SavedModel and/or
+    one TFLite file; returns what was written."""
     if saved_model is None and tflite is None:
         raise TfunetError("nothing to export: give --saved-model and/or --tflite")
     _check_quantize(quantize)
-    if tflite is not None and metadata_path(tflite).resolve() == metadata_path(model_path).resolve():
+    sources = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
+    if tflite is not None and any(metadata_path(tflite).resolve() == metadata_path(m).resolve() for m in sources):
         raise TfunetError(f"--tflite {tflite} would share its metadata file {metadata_path(tflite)} "
                           "with --model; pick another name (e.g. add the quantization)")
     if calibration_samples < 1:
         raise TfunetError(f"--calibration-samples must be at least 1, got {calibration_samples}")
-    model, meta = load_keras_model(model_path)
-    rebuilt = is_mixed_precision(model)
-    model = float32_model(model)  # once here, so the SavedModel and the TFLite share one rebuild
-    meta = export_record(meta, source=str(model_path), rebuilt_in_float32=rebuilt)
-    written = {"rebuilt_in_float32": rebuilt, "policy": FLOAT32}
+    models, meta = load_keras_models(model_path)
+    rebuilt = any(is_mixed_precision(model) for model in models)
+    # Once here, so the SavedModel and the TFLite share one rebuild.
+    models = [float32_model(model) for model in models]
+    meta = export_record(meta, source=[str(m) for m in sources] if len(sources) > 1 else str(sources[0]),
+                         rebuilt_in_float32=rebuilt)
+    written = {"rebuilt_in_float32": rebuilt, "policy": FLOAT32, "members": len(models)}
     if saved_model is not None:
-        written["saved_model"] = str(export_saved_model(model, meta, saved_model))
+        written["saved_model"] = str(export_saved_model(models, meta, saved_model))
     if tflite is not None:
         calibration = None
         if quantize == "int8":
             calibration = calibration_images(meta, calibration_samples, data_dir)
-        written["tflite"] = str(export_tflite(model, meta, tflite, quantize, calibration))
+        written["tflite"] = str(export_tflite(models, meta, tflite, quantize, calibration))
     return written

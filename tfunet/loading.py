@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 
 from tfunet.errors import TfunetError
-from tfunet.metadata import read_metadata
+from tfunet.metadata import metadata_path, read_metadata
 
 FLOAT32 = "float32"
 
@@ -49,6 +49,83 @@ def load_keras_model(path: str | Path) -> tuple[keras.Model, dict]:
     file or metadata."""
     meta = read_metadata(_keras_file(path))  # a missing metadata file is reported before a slow load
     return load_model(path, compile=False), meta
+
+
+def load_keras_models(model) -> tuple[list[keras.Model], dict]:
+    """One .keras model, or the members of an ensemble (see `find_members`), and the metadata."""
+    members = find_members(model)
+    if members is None:
+        single, meta = load_keras_model(model if isinstance(model, (str, Path)) else model[0])
+        return [single], meta
+    meta = ensemble_metadata(model, members)
+    return [load_model(m, compile=False) for m in members], meta
+
+
+# --- ensembles -------------------------------------------------------------------------------------
+
+def _fold_number(path: Path) -> int:
+    try:
+        return int(path.parent.name.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return 1 << 30
+
+
+def find_members(model) -> list[Path] | None:
+    """The .keras members of an ensemble named by `model`, or None for a single model.
+
+    `model` is one path or several. An ensemble is several .keras files, or a K-fold run's
+    saved_models/ folder (its fold_*/best_model.keras, or the members its tfunet.json lists).
+    A folder with saved_model.pb is a SavedModel: one model, even if it serves an ensemble."""
+    paths = [Path(m) for m in ([model] if isinstance(model, (str, Path)) else model)]
+    if not paths:
+        raise TfunetError("--model needs at least one model")
+    if len(paths) > 1:
+        for path in paths:
+            if path.suffix != ".keras":
+                raise TfunetError(f"several --model values make an ensemble of .keras files; {path} is not one")
+        return [_keras_file(path) for path in paths]
+    folder = paths[0]
+    if not folder.is_dir() or (folder / "saved_model.pb").is_file():
+        return None
+    listed = (read_metadata(folder).get("ensemble") or {}).get("members") if metadata_path(folder).is_file() else None
+    members = ([folder / m for m in listed] if listed
+               else sorted(folder.glob("fold_*/best_model.keras"), key=_fold_number))
+    if not members:
+        raise TfunetError(f"{folder} is a folder but not a SavedModel (no saved_model.pb), nor a K-fold "
+                          f"run's saved_models/ (no fold_*/best_model.keras)")
+    for member in members:
+        _keras_file(member)
+    return members
+
+
+def ensemble_metadata(model, members: list[Path]) -> dict:
+    """The metadata of an ensemble: a K-fold folder's tfunet.json (written after its
+    cross-validation), else the first member's with the members listed. Members must share
+    their input size."""
+    folder = Path(model) if isinstance(model, (str, Path)) else None
+    metas = [read_metadata(m) for m in members]
+    sizes = {int(m["image_size"]) for m in metas}
+    if len(sizes) > 1:
+        raise TfunetError(f"ensemble members have different input sizes ({', '.join(map(str, sorted(sizes)))}); "
+                          f"they cannot be averaged slice by slice")
+    if folder is not None and metadata_path(folder).is_file():
+        meta = read_metadata(folder)
+    else:
+        meta = {**metas[0], "ensemble": {"members": [str(m.resolve()) for m in members]}}
+        meta.pop("best", None)
+        meta.pop("fold", None)
+    return meta
+
+
+def model_metadata(model) -> dict:
+    """The metadata of any `--model`: one saved model's, or an ensemble's (`ensemble_metadata`)."""
+    members = find_members(model)
+    if members is not None:
+        return ensemble_metadata(model, members)
+    path = Path(model if isinstance(model, (str, Path)) else model[0])
+    if not path.exists():
+        raise TfunetError(f"model not found: {path}")
+    return read_metadata(path)
 
 
 def is_mixed_precision(model: keras.Model) -> bool:

@@ -223,11 +223,13 @@ def to_mask(probs: np.ndarray, settings: Settings) -> np.ndarray:
 
 @dataclasses.dataclass
 class ValidationPatient:
-    """What tuning needs of one validation patient: truth and both kinds of probabilities."""
+    """What tuning needs of one validation (or out-of-fold) patient: truth and both kinds of
+    probabilities, slices in order."""
 
     truth: np.ndarray
     probs: np.ndarray
     probs_tta: np.ndarray | None = None
+    patient_id: str = ""
 
 
 def tune(patients: Iterable[ValidationPatient], objective: Callable[[list, list], float],

@@ -103,35 +103,42 @@ def serve_eagerly(forward: Forward, meta: dict, images: np.ndarray) -> dict:
                            int(meta["image_size"]))
 
 
-def _keras_predictor(path: Path, mixed_precision: str, jit_compile: bool, batch_size: int | None) -> Predictor:
+def _keras_predictor(model, mixed_precision: str, jit_compile: bool, batch_size: int | None) -> Predictor:
+    """A .keras model, or an ensemble of them (`tfunet.loading.load_keras_models`)."""
     import tensorflow as tf
 
-    from tfunet.loading import float32_model, load_keras_model, rebuild_in_policy
+    from tfunet.loading import float32_model, load_keras_models, rebuild_in_policy
     from tfunet.precision import resolve_policy
     from tfunet.serving import ServingModule
 
-    model, meta = load_keras_model(path)
+    models, meta = load_keras_models(model)
     policy = resolve_policy(mixed_precision)
-    model = float32_model(model) if policy == "float32" else rebuild_in_policy(model, policy)
-    _, height, width, channels = model.input_shape
+    models = [float32_model(m) if policy == "float32" else rebuild_in_policy(m, policy) for m in models]
 
-    @tf.function(jit_compile=jit_compile,
-                 input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8)])
-    def forward_tf(images):
-        return tf.sigmoid(tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32))
+    def member_forward(member):
+        _, height, width, channels = member.input_shape
 
-    def forward(images: np.ndarray) -> np.ndarray:
-        n = len(images)
-        padded = -(-n // batch_size) * batch_size if jit_compile and batch_size else n
-        if padded > n:  # a multiple of batch_size: one XLA compilation per multiple used, not per n
-            images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
-        return forward_tf(images).numpy()[:n]
+        @tf.function(jit_compile=jit_compile,
+                     input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8)])
+        def forward_tf(images):
+            return tf.sigmoid(tf.cast(member(tf.cast(images, tf.float32), training=False), tf.float32))
+
+        def forward(images: np.ndarray) -> np.ndarray:
+            n = len(images)
+            padded = -(-n // batch_size) * batch_size if jit_compile and batch_size else n
+            if padded > n:  # a multiple of batch_size: one XLA compilation per multiple used, not per n
+                images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
+            return forward_tf(images).numpy()[:n]
+
+        return forward
 
     serve = None
     if policy == "float32":  # images of any size go through the exported SavedModel's very graph
-        graph = ServingModule(model, meta).serve
+        graph = ServingModule(models, meta).serve
         serve = lambda images: graph(tf.constant(images))  # noqa: E731
-    return Predictor(path, meta, "keras", [forward], serve=serve, policy=policy, keras_model=model)
+    path = Path(model) if isinstance(model, (str, Path)) else Path(model[0])
+    return Predictor(path, meta, "keras", [member_forward(m) for m in models], serve=serve, policy=policy,
+                     keras_model=models[0])
 
 
 def _saved_model_predictor(path: Path) -> Predictor:
@@ -182,19 +189,28 @@ def _tflite_predictor(path: Path, num_threads: int | None) -> Predictor:
                      builtin_tta=tta)
 
 
-def load_predictor(path: str | Path, *, mixed_precision: str = "off", jit_compile: bool = False,
+def load_predictor(path, *, mixed_precision: str = "off", jit_compile: bool = False,
                    batch_size: int | None = None, num_threads: int | None = None) -> Predictor:
-    """A `Predictor` for a .keras file, a serving SavedModel folder or a .tflite file.
+    """A `Predictor` for a .keras file, a serving SavedModel folder or a .tflite file, or an
+    ensemble: several .keras files, or a K-fold run's saved_models/ folder (its members'
+    probabilities are averaged; see `tfunet.loading.find_members`).
 
     mixed_precision: the policy a .keras model computes in (off = float32, bfloat16, float16,
         auto as in training); an export's was fixed at export, so only "off" is accepted for it.
     jit_compile, batch_size: XLA for a .keras model's forward pass, padded to batch_size.
     num_threads: TFLite interpreter threads (default: all cores).
     """
+    from tfunet.loading import find_members
+
+    if not isinstance(path, (str, Path)):
+        paths = list(path)
+        if len(paths) != 1:
+            return _keras_predictor(paths, mixed_precision, jit_compile, batch_size)
+        path = paths[0]
     path = Path(path)
     if not path.exists():
         raise TfunetError(f"model not found: {path}")
-    if path.suffix == ".keras" and path.is_file():
+    if (path.suffix == ".keras" and path.is_file()) or find_members(path):
         return _keras_predictor(path, mixed_precision, jit_compile, batch_size)
     if mixed_precision != "off":
         raise TfunetError(f"--mixed-precision {mixed_precision} needs a .keras model; the precision of "

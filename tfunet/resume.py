@@ -28,8 +28,9 @@ from tfunet.fileio import atomic_path, write_json, write_text
 CONFIG_FILE = "tfunet_config.json"
 
 
-def backup_dir(config) -> Path:
-    return config.log_dir / "backup"
+def backup_dir(log_dir) -> Path:
+    """Where a run writing its logs to `log_dir` (or a config's log_dir) keeps its backup."""
+    return Path(getattr(log_dir, "log_dir", log_dir)) / "backup"
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):

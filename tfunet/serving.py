@@ -38,13 +38,18 @@ def serving_outputs(images, probability_fn, settings: Settings, image_size: int)
     return {"probabilities": probs, "mask": slice_masks_tf(probs, settings, image_size)}
 
 
+def as_list(models) -> list:
+    return list(models) if isinstance(models, (list, tuple)) else [models]
+
+
 class ServingModule(tf.Module):
-    """The SavedModel's root: the model rebuilt in float32 and the `serving_default` function.
+    """The SavedModel's root: the model, or the members of an ensemble, rebuilt in float32, and
+    the `serving_default` function (an ensemble averages its members' probabilities).
     The settings are read from `meta` once, so they are baked in at export."""
 
-    def __init__(self, model: keras.Model, meta: dict):
+    def __init__(self, models: keras.Model | list[keras.Model], meta: dict):
         super().__init__(name="tfunet_serving")
-        self.model = float32_model(model)
+        self.models = [float32_model(model) for model in as_list(models)]
         settings, size = Settings.from_metadata(meta), int(meta["image_size"])
         # Captured by the closure, not stored: a tf.Module would try to track them.
         self.serve = tf.function(lambda images: self._serve(images, settings, size),
@@ -52,7 +57,8 @@ class ServingModule(tf.Module):
 
     def probability_at_model_size(self, x):
         """float32 raw pixels N x size x size x 3 -> probabilities N x size x size x 1."""
-        return tf.sigmoid(self.model(x, training=False))
+        probs = [tf.sigmoid(model(x, training=False)) for model in self.models]
+        return probs[0] if len(probs) == 1 else tf.add_n(probs) / float(len(probs))
 
     def _serve(self, images, settings, size):
         # A loaded signature checks the dtype (and the resize the rank) but not the channels.

@@ -13,6 +13,7 @@ import math
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -65,95 +66,143 @@ def compile_model(model: keras.Model, config, steps_per_epoch: int) -> keras.Mod
     return model
 
 
-def make_callbacks(config, metadata: dict, resumed: bool = False,
-                   best_so_far: float | None = None) -> list[keras.callbacks.Callback]:
+def make_callbacks(config, metadata: dict, model_dir: Path, log_dir: Path, resumed: bool = False,
+                   best_so_far: float | None = None, monitor: str | None = MONITOR,
+                   extra: list | None = None) -> list[keras.callbacks.Callback]:
     """The callbacks of `train`, in an order that makes a kill at any point resumable: an
-    epoch's CSV row is written before its best model and its backup (see tfunet.resume)."""
-    log_dir = config.log_dir
+    epoch's CSV row is written before its best model and its backup (see tfunet.resume).
+    monitor=None saves every epoch's model (the last one stays): a run that selects nothing."""
     csv_path = log_dir / "train_log.csv"
     return [
         LearningRateLogger(),
         keras.callbacks.CSVLogger(str(csv_path), append=resumed),
-        BestModelCheckpoint(config.model_dir / BEST_MODEL, metadata, monitor=MONITOR,
+        BestModelCheckpoint(model_dir / BEST_MODEL, metadata, monitor=monitor,
                             initial_value_threshold=best_so_far),
         LossCurvePlot(csv_path, log_dir / "loss_curves.png"),
         keras.callbacks.TensorBoard(str(log_dir / "tensorboard"), update_freq="epoch"),
-        AtomicBackupAndRestore(str(backup_dir(config))),
+        *(extra or []),
+        AtomicBackupAndRestore(str(backup_dir(log_dir))),
     ]
+
+
+@dataclasses.dataclass
+class Session:
+    """What every training run of one command shares: the distribution strategy, the dtype policy
+    and the verbosity."""
+
+    distribution: object
+    policy: str
+    verbose: int
+
+    @property
+    def strategy(self):
+        return self.distribution.strategy
+
+
+def start_session(config, verbose: int | None = None) -> Session:
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    # First: multi-worker has to start its collective-ops server before any other TensorFlow op.
+    distribution = make_strategy(config.strategy)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if config.batch_size < distribution.strategy.num_replicas_in_sync:
+        raise TfunetError(f"--batch-size is the global batch; {config.batch_size} is less than the "
+                          f"{distribution.strategy.num_replicas_in_sync} replicas")
+    return Session(distribution, resolve_policy(config.mixed_precision), verbose)
 
 
 def train(config, verbose: int | None = None) -> dict:
     """Train a U-Net as `config` says; return the best model's val/test metrics and timings.
 
+    With `config.folds` (or a split file that holds folds) this is K-fold cross-validation:
+    see `tfunet.crossval.cross_validate`.
     verbose: Keras's fit verbosity; by default a progress bar on a terminal and one line per
     epoch otherwise (a log file would fill up with the bar's redraws)."""
+    from tfunet.crossval import cross_validate, wants_folds
+
+    if wants_folds(config):
+        return cross_validate(config, verbose)
     start = time.perf_counter()
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
-    # First: multi-worker has to start its collective-ops server before any other TensorFlow op.
-    distribution = make_strategy(config.strategy)
-    strategy, task = distribution.strategy, distribution.task
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
-    if config.batch_size < strategy.num_replicas_in_sync:
-        raise TfunetError(f"--batch-size is the global batch; {config.batch_size} is less than the "
-                          f"{strategy.num_replicas_in_sync} replicas")
+    session = start_session(config, verbose)
+    task, verbose = session.distribution.task, session.verbose
     user_config = config
     if not task.is_chief:  # only the chief writes into output-dir
         config = dataclasses.replace(config, output_dir=str(worker_output_dir(config.output_dir, task)))
-        verbose = 0
-    config.model_dir.mkdir(parents=True, exist_ok=True)
-    config.log_dir.mkdir(parents=True, exist_ok=True)
-
+        verbose = session.verbose = 0
+    keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
-    write_split(splits.split, config.log_dir / "split.json")
-    num_train = splits.num_slices("train")
-    steps_per_epoch = math.ceil(num_train / config.batch_size)
-    train_ds = make_pipeline(splits.dataset("train"), image_size=config.image_size,
-                             batch_size=config.batch_size, training=True, seed=config.seed,
-                             augment=augment if config.augment else None)
-    val_ds = make_pipeline(splits.dataset("val"), image_size=config.image_size,
-                           batch_size=config.batch_size)
-    if task.num_tasks > 1:
-        train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
-    policy = resolve_policy(config.mixed_precision)
-    if verbose:
-        print(f"tfunet-train: {config.dataset}, {num_train} train / {splits.num_slices('val')} val / "
-              f"{splits.num_slices('test')} test slices "
-              f"({len(splits.split['train'])}/{len(splits.split['val'])}/{len(splits.split['test'])} patients), "
-              f"{config.image_size}x{config.image_size}, {config.epochs} epochs of {steps_per_epoch} steps")
-        print(f"tfunet-train: dtype policy {policy}, XLA {'on' if use_jit(config) else 'off'}, "
-              f"strategy {distribution.name} with {strategy.num_replicas_in_sync} replica(s)")
-
-    with dtype_policy(policy), strategy.scope():
-        model = compile_model(build_from_config(config), config, steps_per_epoch)
-    # "policy" is what ran; config.mixed_precision is what was asked for (e.g. "auto").
-    metadata = make_metadata(config, splits.split, policy=policy)
-    # The resolved policy is compared too: `auto` may mean bfloat16 on one machine, float32 on another.
-    resumed = prepare_resume(backup_dir(config), {**user_config.to_dict(), "policy": policy})
-    best_so_far = truncate_log(config.log_dir / "train_log.csv", resumed, MONITOR) if resumed else None
-    if verbose and resumed:
-        print(f"tfunet-train: resuming after epoch {resumed} from {backup_dir(config)}")
-    # shuffle=False: the tf.data pipeline already shuffles, seeded (Keras would only warn).
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,
-                        callbacks=make_callbacks(config, metadata, bool(resumed), best_so_far),
-                        verbose=verbose)
-    train_seconds = time.perf_counter() - start
-
-    best_path = config.model_dir / BEST_MODEL
-    with dtype_policy(policy):  # so a float16 model gets back its loss-scale optimizer's variables
-        best = keras.saving.load_model(best_path)
-    results = {"best_model": str(best_path), "epochs": len(history.epoch),
-               "train_seconds": round(train_seconds, 1)}
+    results = train_split(config, splits, session, config.model_dir, config.log_dir,
+                          resume_key=user_config.to_dict())
     for name in ("val", "test"):
-        ds = make_pipeline(splits.dataset(name), image_size=config.image_size,
-                           batch_size=config.batch_size)
-        scores = best.evaluate(ds, return_dict=True, verbose=0)
-        results[name] = {k: round(float(v), 4) for k, v in scores.items()}
+        if splits.split[name]:
+            results[name] = score_split(results["model"], splits, name, config)
+    del results["model"]
+    results["train_seconds"] = round(time.perf_counter() - start, 1)
     if not task.is_chief:
         shutil.rmtree(config.output_dir, ignore_errors=True)
     if verbose:
         print("tfunet-train: final metrics of the best model")
         print(json.dumps(results, indent=2))
     return results
+
+
+def score_split(model: keras.Model, splits, name: str, config) -> dict:
+    """The training metrics of `model` on one split, rounded for the results dict."""
+    ds = make_pipeline(splits.dataset(name), image_size=config.image_size, batch_size=config.batch_size)
+    scores = model.evaluate(ds, return_dict=True, verbose=0)
+    return {k: round(float(v), 4) for k, v in scores.items()}
+
+
+def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path, *, resume_key: dict,
+                select: bool = True, extra_metadata: dict | None = None, callbacks: list | None = None,
+                label: str = "") -> dict:
+    """One `model.fit` on `splits` (train, monitored on val), writing into model_dir and log_dir.
+
+    select: keep the epoch with the best validation pooled Dice (else the last epoch: the
+        validation patients then only draw the curves, nothing is chosen on them).
+    resume_key: the options a backup must have been made with to be resumed.
+    Returns {"model": the kept model, "best_model": its path, "epochs": epochs run}."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    verbose, policy, strategy = session.verbose, session.policy, session.strategy
+    write_split(splits.split, log_dir / "split.json")
+    num_train = splits.num_slices("train")
+    steps_per_epoch = math.ceil(num_train / config.batch_size)
+    train_ds = make_pipeline(splits.dataset("train"), image_size=config.image_size,
+                             batch_size=config.batch_size, training=True, seed=config.seed,
+                             augment=augment if config.augment else None)
+    val_ds = make_pipeline(splits.dataset("val"), image_size=config.image_size,
+                           batch_size=config.batch_size) if splits.split["val"] else None
+    if session.distribution.task.num_tasks > 1:
+        train_ds = shard_by_data(train_ds)
+        val_ds = shard_by_data(val_ds) if val_ds is not None else None
+    if verbose:
+        print(f"tfunet-train: {label}{config.dataset}, {num_train} train / {splits.num_slices('val')} val / "
+              f"{splits.num_slices('test')} test slices "
+              f"({len(splits.split['train'])}/{len(splits.split['val'])}/{len(splits.split['test'])} patients), "
+              f"{config.image_size}x{config.image_size}, {config.epochs} epochs of {steps_per_epoch} steps")
+        print(f"tfunet-train: dtype policy {policy}, XLA {'on' if use_jit(config) else 'off'}, "
+              f"strategy {session.distribution.name} with {strategy.num_replicas_in_sync} replica(s)")
+
+    with dtype_policy(policy), strategy.scope():
+        model = compile_model(build_from_config(config), config, steps_per_epoch)
+    # "policy" is what ran; config.mixed_precision is what was asked for (e.g. "auto").
+    metadata = make_metadata(config, splits.split, policy=policy,
+                             selection="best validation epoch" if select else "last epoch",
+                             **(extra_metadata or {}))
+    # The resolved policy is compared too: `auto` may mean bfloat16 on one machine, float32 on another.
+    resumed = prepare_resume(backup_dir(log_dir), {**resume_key, "policy": policy})
+    best_so_far = truncate_log(log_dir / "train_log.csv", resumed, MONITOR) if resumed else None
+    if verbose and resumed:
+        print(f"tfunet-train: resuming after epoch {resumed} from {backup_dir(log_dir)}")
+    # shuffle=False: the tf.data pipeline already shuffles, seeded (Keras would only warn).
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,
+                        callbacks=make_callbacks(config, metadata, model_dir, log_dir, bool(resumed),
+                                                 best_so_far if select else None,
+                                                 MONITOR if select else None, callbacks),
+                        verbose=verbose)
+    best_path = model_dir / BEST_MODEL
+    with dtype_policy(policy):  # so a float16 model gets back its loss-scale optimizer's variables
+        best = keras.saving.load_model(best_path)
+    return {"model": best, "best_model": str(best_path), "epochs": len(history.epoch)}

@@ -13,7 +13,9 @@ def build_parser() -> ArgumentParser:
                        description="Export a trained model for TensorFlow Serving (SavedModel whose "
                                    "serving_default signature takes raw uint8 pixels of any size) "
                                    "and/or for devices (TFLite, built-in ops only).")
-    p.add_argument("--model", required=True, help="the trained .keras file (its .json metadata beside it)")
+    p.add_argument("--model", required=True, nargs="+",
+                   help="the trained .keras file (its .json metadata beside it); several .keras files, or a K-fold run's saved_models/ folder, make an ensemble (probabilities averaged); "
+                        "an ensemble exports as one SavedModel / one .tflite")
     p.add_argument("--saved-model", help="SavedModel folder to write, e.g. saved_models/serving/1")
     p.add_argument("--tflite", help=".tflite file to write (metadata goes beside it as .json)")
     # Checked by tfunet.export (which owns the list), so --help needs no TensorFlow.
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         from tfunet.export import export
 
-        written = export(args.model, saved_model=args.saved_model, tflite=args.tflite,
+        written = export(args.model[0] if len(args.model) == 1 else args.model, saved_model=args.saved_model, tflite=args.tflite,
                          quantize=args.quantize, calibration_samples=args.calibration_samples,
                          data_dir=args.data_dir)
         print(json.dumps(written, indent=2))

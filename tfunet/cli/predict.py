@@ -17,7 +17,8 @@ def build_parser() -> ArgumentParser:
                                    "Folders are searched recursively. Exit status 1 if any input failed. "
                                    "Research use only.")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, NIfTI files or folders")
-    p.add_argument("--model", required=True, help=".keras file, SavedModel folder or .tflite file")
+    p.add_argument("--model", required=True, nargs="+",
+                   help=".keras file, SavedModel folder or .tflite file; several .keras files, or a K-fold run's saved_models/ folder, make an ensemble (probabilities averaged)")
     p.add_argument("--out", required=True, help="output folder")
     nifti = p.add_argument_group("a NIfTI case given sequence by sequence")
     nifti.add_argument("--pre", help="pre-contrast T1 (default: a copy of FLAIR)")
@@ -31,6 +32,10 @@ def build_parser() -> ArgumentParser:
     nifti.add_argument("--mosaic", action="store_true",
                        help="also write <case>_mosaic.png: the tumour-bearing slices with the prediction")
     return p
+
+
+def _one_or_many(models: list[str]):
+    return models[0] if len(models) == 1 else models
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         from tfunet.volumes import case_from_files
 
         case = case_from_files(args.pre, args.flair, args.post) if explicit else None
-        failed = predict_files(args.inputs, args.model, args.out, case=case,
+        failed = predict_files(args.inputs, _one_or_many(args.model), args.out, case=case,
                                percentiles=tuple(args.percentiles) if args.percentiles else None,
                                rescale_8bit=args.rescale_8bit, mosaic=args.mosaic)
         return 1 if failed else 0

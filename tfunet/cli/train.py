@@ -16,7 +16,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, help="synthetic (default) or lgg")
     p.add_argument("--data-dir", help="dataset folder (lgg: kaggle_3m, its parent, or the zip)")
     p.add_argument("--cache-dir", help="where prepared dataset shards go")
-    p.add_argument("--split-file", help="JSON of patient lists {train, val, test}")
+    p.add_argument("--split-file", help="JSON of patient lists {train, val, test}, or {folds, test} "
+                                        "for cross-validation (see docs/data.md)")
+    p.add_argument("--folds", type=int, nargs="?", const=5,
+                   help="K-fold cross-validation by patient (K defaults to 5): fold models in "
+                        "saved_models/fold_<k>/, the CV report in logs/cv_metrics.md")
     p.add_argument("--num-patients", type=int, help="synthetic: number of pseudo-patients")
     p.add_argument("--slices-per-patient", type=int, help="synthetic: slices per pseudo-patient")
     p.add_argument("--epochs", type=int)
