@@ -129,9 +129,10 @@ def machine() -> dict:
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
-def run_child(argv: list[str], timeout: float) -> dict:
-    """Run one measurement in a fresh Python process; its last stdout line is the JSON result."""
-    out = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, timeout=timeout,
+def run_child(argv: list[str], timeout: float, script: str = __file__) -> dict:
+    """Run one measurement in a fresh Python process (`script` with `argv`); its last stdout line
+    is the JSON result."""
+    out = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, timeout=timeout,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if out.returncode:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1], "argv": argv}

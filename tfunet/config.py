@@ -75,6 +75,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto, off, bfloat16, float16
     strategy: str = "auto"  # auto, one-device, mirrored, multi-worker
     deterministic: bool = False  # op determinism for exact reruns
+    steps_per_execution: int = 1  # training steps per call into the graph (Keras compile)
     # outputs: saved_models/ and logs/ are created under this folder
     output_dir: str = "."
 
@@ -92,7 +93,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.dataset not in DATASETS:
             raise TfunetError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        for name in ("epochs", "batch_size", "num_patients", "slices_per_patient"):
+        for name in ("epochs", "batch_size", "num_patients", "slices_per_patient", "steps_per_execution"):
             if getattr(self, name) < 1:
                 raise TfunetError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         check_unet_args(self.image_size, self.depth, self.base_filters, self.upsampling, self.dropout)

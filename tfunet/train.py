@@ -62,6 +62,7 @@ def compile_model(model: keras.Model, config, steps_per_epoch: int) -> keras.Mod
         loss=BCEDiceLoss(config.bce_weight, config.dice_weight),
         metrics=training_metrics(config.threshold),
         jit_compile=use_jit(config),
+        steps_per_execution=config.steps_per_execution,
     )
     return model
 

@@ -47,6 +47,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION,
                    help="auto = float16 on CUDA GPUs, bfloat16 on CPUs with AMX/AVX512-BF16, else off")
     p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    p.add_argument("--steps-per-execution", type=int,
+                   help="training steps per call into the TensorFlow graph (default 1; see docs/performance.md)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="enable op determinism for exact reruns (slower)")
     p.add_argument("--output-dir", help="saved_models/ and logs/ are written under it (default .)")
