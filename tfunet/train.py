@@ -135,11 +135,11 @@ def train(config, verbose: int | None = None) -> dict:
     splits = load_splits(config)
     results = train_split(config, splits, session, config.model_dir, config.log_dir,
                           resume_key=user_config.to_dict())
+    results["train_seconds"] = round(time.perf_counter() - start, 1)
+    best = results.pop("model")
     for name in ("val", "test"):
         if splits.split[name]:
-            results[name] = score_split(results["model"], splits, name, config)
-    del results["model"]
-    results["train_seconds"] = round(time.perf_counter() - start, 1)
+            results[name] = score_split(best, splits, name, config)
     if not task.is_chief:
         shutil.rmtree(config.output_dir, ignore_errors=True)
     if verbose:
