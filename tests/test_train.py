@@ -130,3 +130,18 @@ def test_help_and_bad_flags_answer_without_tensorflow():
     assert "usage: tfunet-train" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert "image-size 30 is not divisible" in out.stderr
+
+
+@pytest.mark.parametrize("options", [{"foreground_share": 0.5}, {"steps_per_execution": 2}])
+def test_training_options_keep_the_epoch_and_its_log(tiny_config, options):
+    """Oversampling (an endless stream, sized by steps_per_epoch) and several steps per execution
+    train the same epochs and write the same CSV columns."""
+    from tfunet.train import train
+
+    for key, value in options.items():
+        setattr(tiny_config, key, value)
+    tiny_config.epochs = 2
+    train(tiny_config, verbose=0)
+    rows = (tiny_config.log_dir / "train_log.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and "val_dice_pooled" in rows[0] and "learning_rate" in rows[0]
+    assert (tiny_config.model_dir / "best_model.keras").is_file()

@@ -51,6 +51,7 @@ class TrainConfig:
     slices_per_patient: int = 20  # synthetic only
     skip_bad: bool = False  # lgg: warn about and skip unreadable/invalid files instead of failing
     augment: bool = True  # random flips, rotations, scaling, intensity jitter on training slices
+    foreground_share: float = 0.0  # share of every training batch drawn from slices with tumour (0: none)
     # model
     image_size: int = 256
     base_filters: int = 32
@@ -101,6 +102,9 @@ class TrainConfig:
             raise TfunetError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise TfunetError("lr must be positive and weight-decay, warmup-epochs non-negative")
+        if self.foreground_share and not 1 <= round(self.foreground_share * self.batch_size) <= self.batch_size:
+            raise TfunetError(f"foreground-share must be 0 or draw 1 to {self.batch_size} slices of a batch "
+                              f"of {self.batch_size}, got {self.foreground_share}")
         if self.folds < 0 or self.folds == 1:
             raise TfunetError(f"folds must be 0 (no cross-validation) or at least 2, got {self.folds}")
         if self.folds and self.strategy == "multi-worker":

@@ -30,7 +30,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tfunet.data.sources import DataSplits, make_source
+from tfunet.data.sources import DataSplits, make_source, tumour_burden
 from tfunet.data.split import make_folds, read_split_file, validate_folds, validate_split, write_split
 from tfunet.errors import TfunetError
 from tfunet.fileio import atomic_path, write_json, write_text
@@ -60,19 +60,6 @@ def wants_folds(config) -> bool:
 
 
 # --- the folds ------------------------------------------------------------------------------------
-
-def tumour_burden(source, patient_ids) -> dict[str, int]:
-    """Tumour pixels per patient, counted on the source's masks."""
-    import tensorflow as tf
-
-    burden = {pid: 0 for pid in patient_ids}
-    ds = source.dataset(sorted(patient_ids)).map(
-        lambda e: (e["patient_id"], tf.reduce_sum(tf.cast(e["mask"] > 0, tf.int64)))).batch(256)
-    for pids, pixels in ds.as_numpy_iterator():
-        for pid, count in zip(pids, pixels):
-            burden[pid.decode() if isinstance(pid, bytes) else str(pid)] += int(count)
-    return burden
-
 
 def plan_folds(config, source) -> dict:
     """The K-fold split file's content: {"folds", "test", "tumour_pixels"}.

@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from tfunet.callbacks import BestModelCheckpoint, LearningRateLogger, LossCurvePlot
 from tfunet.data.augment import augment
-from tfunet.data.pipeline import make_pipeline
-from tfunet.data.sources import load_splits
+from tfunet.data.pipeline import make_oversampled_pipeline, make_pipeline
+from tfunet.data.sources import load_splits, tumour_burden
 from tfunet.data.split import write_split
 from tfunet.distribute import make_strategy, shard_by_data, worker_output_dir
 from tfunet.errors import TfunetError
@@ -170,9 +170,18 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
     write_split(splits.split, log_dir / "split.json")
     num_train = splits.num_slices("train")
     steps_per_epoch = math.ceil(num_train / config.batch_size)
-    train_ds = make_pipeline(splits.dataset("train"), image_size=config.image_size,
-                             batch_size=config.batch_size, training=True, seed=config.seed,
-                             augment=augment if config.augment else None)
+    fit_options = {}
+    if config.foreground_share:
+        if not any(tumour_burden(splits.source, splits.split["train"]).values()):
+            raise TfunetError("--foreground-share needs training slices with tumour; the training patients have none")
+        train_ds = make_oversampled_pipeline(splits.dataset("train"), image_size=config.image_size,
+                                             batch_size=config.batch_size, foreground_share=config.foreground_share,
+                                             seed=config.seed, augment=augment if config.augment else None)
+        fit_options["steps_per_epoch"] = steps_per_epoch  # the stream is endless
+    else:
+        train_ds = make_pipeline(splits.dataset("train"), image_size=config.image_size,
+                                 batch_size=config.batch_size, training=True, seed=config.seed,
+                                 augment=augment if config.augment else None)
     val_ds = make_pipeline(splits.dataset("val"), image_size=config.image_size,
                            batch_size=config.batch_size) if splits.split["val"] else None
     if session.distribution.task.num_tasks > 1:
@@ -202,7 +211,7 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
                         callbacks=make_callbacks(config, metadata, model_dir, log_dir, bool(resumed),
                                                  best_so_far if select else None,
                                                  MONITOR if select else None, callbacks),
-                        verbose=verbose)
+                        verbose=verbose, **fit_options)
     best_path = model_dir / BEST_MODEL
     with dtype_policy(policy):  # so a float16 model gets back its loss-scale optimizer's variables
         best = keras.saving.load_model(best_path)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfunet.data.pipeline import make_pipeline, resize_slice
+from tfunet.data.pipeline import make_oversampled_pipeline, make_pipeline, resize_slice
 from tfunet.data.sources import load_splits
 from tfunet.data.synthetic import SyntheticSource
 from tfunet.errors import TfunetError
@@ -62,3 +62,22 @@ def test_split_file_with_unknown_patient_is_rejected(tiny_config, tmp_path):
     tiny_config.split_file = str(path)
     with pytest.raises(TfunetError, match="patient nobody in split 'test' is not in the dataset"):
         load_splits(tiny_config, source=_source())
+
+
+@pytest.mark.parametrize("share, batch_size, drawn", [(0.33, 6, 2), (0.25, 8, 2), (1.0, 4, 4), (0.1, 5, 0)])
+def test_oversampling_draws_its_foreground_share_in_every_batch(share, batch_size, drawn):
+    ids = ["synth_000", "synth_001", "synth_002"]
+    source = SyntheticSource(num_patients=3, slices_per_patient=8, image_size=32, seed=1)
+    tumour = np.array([bool(e["mask"].numpy().any()) for e in source.dataset(ids)])
+    assert 0 < tumour.sum() < len(tumour)  # both kinds of slices, or the test proves nothing
+    if not drawn:
+        with pytest.raises(ValueError, match="must draw between 1 and the whole batch"):
+            make_oversampled_pipeline(source.dataset(ids), image_size=32, batch_size=batch_size,
+                                      foreground_share=share)
+        return
+    ds = make_oversampled_pipeline(source.dataset(ids), image_size=32, batch_size=batch_size,
+                                   foreground_share=share, seed=3, augment=None)
+    for x, y in ds.take(3 * len(tumour)):  # several passes over both streams
+        assert x.shape[0] == batch_size
+        has_tumour = y.numpy().reshape(batch_size, -1).any(axis=1)
+        assert has_tumour[:drawn].all()  # the foreground draws: exactly `drawn` per batch

@@ -43,6 +43,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--augment", dest="augment", action="store_true", default=None,
                    help="augment training slices (default: on for lgg, off for synthetic)")
     p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--foreground-share", type=float,
+                   help="draw this share of every training batch from slices with tumour (nnU-Net: 0.33; "
+                        "default 0: batches as they come)")
     p.add_argument("--jit-compile", choices=JIT_COMPILE, help="XLA: auto = on GPUs, off on CPUs")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION,
                    help="auto = float16 on CUDA GPUs, bfloat16 on CPUs with AMX/AVX512-BF16, else off")

@@ -56,3 +56,36 @@ def make_pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int, trai
     if not with_metadata:
         ds = ds.map(to_inputs_targets, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def has_tumour(element: dict):
+    return tf.reduce_any(element["mask"] > 0)
+
+
+def make_oversampled_pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int,
+                              foreground_share: float, seed: int = 42, augment=None,
+                              shuffle_buffer: int = 2048) -> tf.data.Dataset:
+    """An endless training stream in which round(foreground_share * batch_size) slices of every
+    batch are drawn from the slices with tumour and the rest from all slices (nnU-Net draws a
+    third of each batch from foreground). Two shuffled, augmented streams are batched apart and
+    concatenated per batch, so the share is exact in every batch; `model.fit` then needs
+    `steps_per_epoch`. Batches are (x, y) pairs, tumour slices first."""
+    num_foreground = round(foreground_share * batch_size)
+    if not 0 < num_foreground <= batch_size:
+        raise ValueError(f"foreground share {foreground_share} of batch {batch_size} draws "
+                         f"{num_foreground} slices; it must draw between 1 and the whole batch")
+
+    def stream(source, count, offset):
+        source = source.map(lambda e: resize_slice(e, image_size), num_parallel_calls=AUTOTUNE)
+        source = source.repeat().shuffle(shuffle_buffer, seed=seed + offset, reshuffle_each_iteration=True)
+        if augment is not None:
+            source = augment(source, seed + offset)
+        return source.batch(count, drop_remainder=True)
+
+    parts = [stream(ds.filter(has_tumour), num_foreground, 0)]
+    if num_foreground < batch_size:
+        parts.append(stream(ds, batch_size - num_foreground, 1))
+    batches = tf.data.Dataset.zip(tuple(parts)).map(
+        lambda *batches: {key: tf.concat([b[key] for b in batches], axis=0) for key in ("image", "mask")},
+        num_parallel_calls=AUTOTUNE)
+    return batches.map(to_inputs_targets, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -49,6 +49,19 @@ class DataSplits:
         return sum(counts[p] for p in self.patients(name))
 
 
+def tumour_burden(source, patient_ids) -> dict[str, int]:
+    """Tumour pixels per patient, counted on the source's masks."""
+    import tensorflow as tf
+
+    burden = {pid: 0 for pid in patient_ids}
+    ds = source.dataset(sorted(patient_ids)).map(
+        lambda e: (e["patient_id"], tf.reduce_sum(tf.cast(e["mask"] > 0, tf.int64)))).batch(256)
+    for pids, pixels in ds.as_numpy_iterator():
+        for pid, count in zip(pids, pixels):
+            burden[pid.decode() if isinstance(pid, bytes) else str(pid)] += int(count)
+    return burden
+
+
 def make_source(config) -> SliceSource:
     """The slice source a config names."""
     if config.dataset == "synthetic":
