@@ -296,3 +296,17 @@ def test_bad_ensembles(models, message, tmp_path):
 def test_folder_that_is_no_model(tmp_path):
     with pytest.raises(TfunetError, match="not a SavedModel .*, nor a K-fold run's saved_models/"):
         load_predictor(tmp_path)
+
+
+def test_commands_take_several_models(twin, tmp_path, capsys):
+    from tfunet.cli.evaluate import main as evaluate_main
+    from tfunet.cli.export import main as export_main
+
+    files = [str(f) for f in twin["files"]]
+    assert evaluate_main(["--model", *files, "--split", "all", "--num-samples", "0", "--no-architecture",
+                          "--log-dir", str(tmp_path / "logs")]) == 0
+    assert (tmp_path / "logs" / "all_metrics.json").is_file()
+    assert evaluate_main(["--model", *files, "--tune", "--log-dir", str(tmp_path)]) == 2
+    assert "tune one model, or a K-fold run's saved_models/ folder" in capsys.readouterr().err
+    assert export_main(["--model", *files, "--saved-model", str(tmp_path / "serving" / "1")]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == 2

@@ -28,6 +28,7 @@ _API = {
     "update_metadata": "tfunet.metadata",
     "write_metadata": "tfunet.metadata",
     "train": "tfunet.train",
+    "cross_validate": "tfunet.crossval",
 }
 
 __all__ = ["__version__", *_API]
