@@ -1,0 +1,105 @@
+"""Recipe ablations by cross-validation: each row is `tfunet-train --folds` with some flags
+changed, on the same folds; print JSON of every row's CV mean ± sd and wall time.
+
+    python scripts/ablate.py --data-dir ~/.cache/lgg64/kaggle_3m --out ~/runs/ablate
+    python scripts/ablate.py --data-dir ... --out ... --rows baseline foreground_third
+
+The folds are dealt once (OUT/folds.json) and every row trains on them, so rows compare paired
+by fold. Every row is its own output folder (OUT/<row>/); a finished row (its
+logs/cv_metrics.json) is skipped (delete its folder after changing its flags), and a killed one resumes at its fold and epoch, because
+tfunet-train --folds does. --base sets the flags every row shares (the reduced scale at which
+levers are ranked); ROWS holds each lever's flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+BASE = "--image-size 128 --base-filters 16 --epochs 10"
+ROWS = {
+    "baseline": "",
+    "foreground_third": "--foreground-share 0.33",
+    "no_augment": "--no-augment",
+    "dice_weight_2": "--dice-weight 2",
+    "lr_3e-3_warmup_1": "--lr 3e-3 --warmup-epochs 1",
+}
+FIGURES = ("patient_dice_mean", "patient_dice_median", "dice_tumour_slices", "dice_pooled",
+           "empty_slices_with_prediction", "missed_patients")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", required=True, help="a folder of LGG patients (kaggle_3m)")
+    p.add_argument("--out", required=True, help="where rows, folds and ablation.json go")
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--base", default=BASE, help=f"flags every row shares (default: {BASE})")
+    p.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
+    p.add_argument("--seed", type=int, default=42)
+    return p.parse_args(argv)
+
+
+def deal_folds(args, path: Path) -> None:
+    """The shared split file: the patients of --data-dir dealt into --folds folds by burden."""
+    from tfunet.runtime import configure_tensorflow
+
+    configure_tensorflow()
+    from tfunet.config import make_config
+    from tfunet.crossval import plan_folds
+    from tfunet.data.sources import make_source
+    from tfunet.data.split import write_split
+
+    config = make_config({"dataset": "lgg", "data_dir": args.data_dir, "folds": args.folds, "seed": args.seed})
+    write_split(plan_folds(config, make_source(config)), path)
+
+
+def write_json(path, value):
+    from tfunet.fileio import write_json as atomic_write_json
+
+    atomic_write_json(path, value)
+
+
+def summary(report: dict) -> dict:
+    row = {"wall_seconds": report["wall_seconds"], "patients": report["patients"]}
+    for name in ("default", "chosen"):
+        table = report[name]
+        row[name] = {key: {"mean": table["mean"][key], "sd": table["sd"][key]} for key in FIGURES}
+    row["postprocess_chosen"] = report["postprocess"]["chosen"]["describe"]
+    return row
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    folds = out / "folds.json"
+    if not folds.is_file():
+        deal_folds(args, folds)
+    results = {"folds_file": str(folds), "base": args.base, "rows": {}}
+    for name in args.rows:
+        row_dir = out / name
+        report_path = row_dir / "logs" / "cv_metrics.json"
+        flags = f"{args.base} {ROWS[name]}".strip()
+        if not report_path.is_file():
+            command = ["tfunet-train", "--dataset", "lgg", "--data-dir", args.data_dir, "--split-file", str(folds),
+                       "--seed", str(args.seed), "--output-dir", str(row_dir), *shlex.split(flags)]
+            print(f"ablate: {name}: {shlex.join(command)}", file=sys.stderr, flush=True)
+            with open(out / f"{name}.log", "a") as log:
+                done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            if done.returncode:
+                results["rows"][name] = {"flags": flags, "error": f"exit {done.returncode}; see {out / name}.log"}
+                continue
+        results["rows"][name] = {"flags": flags, **summary(json.loads(report_path.read_text()))}
+        write_json(out / "ablation.json", results)
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
