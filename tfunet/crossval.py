@@ -161,13 +161,14 @@ def choose_postprocess(patients: list[ValidationPatient], start: Settings) -> tu
 
 
 def _cell(key: str, mean, sd=None) -> str:
+    from tfunet.evaluate import format_figure
+
     if mean is None:
         return "n/a"
     if key == "missed_patients":
         return f"{mean:.1f} ± {sd:.1f}" if sd is not None else f"{mean:g}"
-    scale, unit = (100, "%") if key == "empty_slices_with_prediction" else (1, "")
-    text = f"{scale * mean:.{1 if unit else 4}f}{unit}"
-    return text + (f" ± {scale * sd:.{1 if unit else 4}f}{unit}" if sd is not None else "")
+    percent = key == "empty_slices_with_prediction"
+    return format_figure(mean, percent) + (f" ± {format_figure(sd, percent)}" if sd is not None else "")
 
 
 def table_markdown(table: dict) -> list[str]:

@@ -234,7 +234,7 @@ def _slice_counts(splits, split: str) -> dict[str, int]:
 
 # --- reports --------------------------------------------------------------------------------------
 
-def _fmt(value, percent: bool = False) -> str:
+def format_figure(value, percent: bool = False) -> str:
     if value is None:
         return "n/a"
     return f"{100 * value:.1f}%" if percent else f"{value:.4f}"
@@ -248,26 +248,26 @@ def to_markdown(ev: Evaluation) -> str:
              f"Post-processing: {ev.settings.describe()}. Dtype policy: {ev.describe_policy()}.", "",
              "## The PyTorch original's table (each figure per slice, then averaged)", "",
              "| Metric | Value |", "| --- | --- |"]
-    lines += [f"| {label} | {_fmt(s[key])} |" for label, key in ORIGINAL_TABLE]
+    lines += [f"| {label} | {format_figure(s[key])} |" for label, key in ORIGINAL_TABLE]
     lines += ["", "An empty truth with an empty prediction counts as a perfect slice (1.0) here.", "",
               "## Stricter figures", "", "| Figure | Value |", "| --- | --- |",
-              f"| Dice pooled over all pixels | {_fmt(s['dice_pooled'])} |",
+              f"| Dice pooled over all pixels | {format_figure(s['dice_pooled'])} |",
               f"| Dice over tumour slices only ({s['num_tumour_slices']} slices) | "
-              f"{_fmt(s['dice_tumour_slices'])} |",
-              f"| Per-patient 3-D Dice, mean (Buda et al. 2019: 82%) | {_fmt(s['patient_dice_mean'])} |",
-              f"| Per-patient 3-D Dice, median | {_fmt(s['patient_dice_median'])} |",
+              f"{format_figure(s['dice_tumour_slices'])} |",
+              f"| Per-patient 3-D Dice, mean (Buda et al. 2019: 82%) | {format_figure(s['patient_dice_mean'])} |",
+              f"| Per-patient 3-D Dice, median | {format_figure(s['patient_dice_median'])} |",
               f"| Tumour-free slices with any predicted tumour | "
-              f"{_fmt(s['empty_slices_with_prediction'], percent=True)} "
+              f"{format_figure(s['empty_slices_with_prediction'], percent=True)} "
               f"({s['num_empty_slices_with_prediction']} of {s['num_slices'] - s['num_tumour_slices']}) |",
               "", "## Per patient", "", "| Patient | Slices | Truth pixels | Predicted pixels | 3-D Dice |",
               "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {pid} | {p['slices']} | {p['truth_pixels']} | {p['predicted_pixels']} | {_fmt(p['dice_3d'])} |"
+    lines += [f"| {pid} | {p['slices']} | {p['truth_pixels']} | {p['predicted_pixels']} | {format_figure(p['dice_3d'])} |"
               for pid, p in s["patients"].items()]
     if ev.tuning:
         lines += ["", f"## Tuning on the validation split (objective: {ev.tuning['objective']})", "",
                   "| Step | Chosen | Candidates (validation score) |", "| --- | --- | --- |"]
         lines += [f"| {step['step']} | {step['chosen']} | "
-                  + ", ".join(f"{c['value']}: {_fmt(c['score'])}" for c in step["scores"]) + " |"
+                  + ", ".join(f"{c['value']}: {format_figure(c['score'])}" for c in step["scores"]) + " |"
                   for step in ev.tuning["steps"]]
     return "\n".join(lines) + "\n"
 
@@ -275,12 +275,12 @@ def to_markdown(ev: Evaluation) -> str:
 def format_table(ev: Evaluation) -> str:
     """The console summary: the original's table, then the stricter figures."""
     s = ev.summary
-    rows = [(label, _fmt(s[key])) for label, key in ORIGINAL_TABLE] + [
-        ("Dice pooled", _fmt(s["dice_pooled"])),
-        ("Dice, tumour slices", _fmt(s["dice_tumour_slices"])),
-        ("Patient 3-D Dice mean", _fmt(s["patient_dice_mean"])),
-        ("Patient 3-D Dice median", _fmt(s["patient_dice_median"])),
-        ("Empty slices w/ prediction", _fmt(s["empty_slices_with_prediction"], percent=True)),
+    rows = [(label, format_figure(s[key])) for label, key in ORIGINAL_TABLE] + [
+        ("Dice pooled", format_figure(s["dice_pooled"])),
+        ("Dice, tumour slices", format_figure(s["dice_tumour_slices"])),
+        ("Patient 3-D Dice mean", format_figure(s["patient_dice_mean"])),
+        ("Patient 3-D Dice median", format_figure(s["patient_dice_median"])),
+        ("Empty slices w/ prediction", format_figure(s["empty_slices_with_prediction"], percent=True)),
     ]
     width = max(len(label) for label, _ in rows)
     head = (f"{ev.split}: {s['num_slices']} slices, {s['num_patients']} patients "

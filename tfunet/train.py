@@ -67,7 +67,7 @@ def compile_model(model: keras.Model, config, steps_per_epoch: int) -> keras.Mod
     return model
 
 
-def make_callbacks(config, metadata: dict, model_dir: Path, log_dir: Path, resumed: bool = False,
+def make_callbacks(metadata: dict, model_dir: Path, log_dir: Path, resumed: bool = False,
                    best_so_far: float | None = None, monitor: str | None = MONITOR,
                    extra: list | None = None) -> list[keras.callbacks.Callback]:
     """The callbacks of `train`, in an order that makes a kill at any point resumable: an
@@ -136,7 +136,8 @@ def train(config, verbose: int | None = None) -> dict:
     results = train_split(config, splits, session, config.model_dir, config.log_dir,
                           resume_key=user_config.to_dict())
     results["train_seconds"] = round(time.perf_counter() - start, 1)
-    best = results.pop("model")
+    with dtype_policy(session.policy):  # so a float16 model gets back its loss-scale optimizer's variables
+        best = keras.saving.load_model(results["best_model"])
     for name in ("val", "test"):
         if splits.split[name]:
             results[name] = score_split(best, splits, name, config)
@@ -163,7 +164,7 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
     select: keep the epoch with the best validation pooled Dice (else the last epoch: the
         validation patients then only draw the curves, nothing is chosen on them).
     resume_key: the options a backup must have been made with to be resumed.
-    Returns {"model": the kept model, "best_model": its path, "epochs": epochs run}."""
+    Returns {"best_model": the kept model's path, "epochs": epochs run}."""
     model_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     verbose, policy, strategy = session.verbose, session.policy, session.strategy
@@ -208,11 +209,8 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
         print(f"tfunet-train: resuming after epoch {resumed} from {backup_dir(log_dir)}")
     # shuffle=False: the tf.data pipeline already shuffles, seeded (Keras would only warn).
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,
-                        callbacks=make_callbacks(config, metadata, model_dir, log_dir, bool(resumed),
+                        callbacks=make_callbacks(metadata, model_dir, log_dir, bool(resumed),
                                                  best_so_far if select else None,
                                                  MONITOR if select else None, callbacks),
                         verbose=verbose, **fit_options)
-    best_path = model_dir / BEST_MODEL
-    with dtype_policy(policy):  # so a float16 model gets back its loss-scale optimizer's variables
-        best = keras.saving.load_model(best_path)
-    return {"model": best, "best_model": str(best_path), "epochs": len(history.epoch)}
+    return {"best_model": str(model_dir / BEST_MODEL), "epochs": len(history.epoch)}

@@ -15,6 +15,11 @@ from tfunet.errors import TfunetError
 from tfunet.runtime import configure_tensorflow
 
 
+# The --model help shared by every command that runs a model (a list of one is one model).
+ENSEMBLE_HELP = ("; several .keras files, or a K-fold run's saved_models/ folder, make an ensemble "
+                 "(probabilities averaged)")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports errors in one line (no usage dump)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tfunet.cli import ArgumentParser, run_command
+from tfunet.cli import ENSEMBLE_HELP, ArgumentParser, run_command
 from tfunet.config import DATASETS, JIT_COMPILE, MIXED_PRECISION
 from tfunet.errors import TfunetError
 
@@ -24,7 +24,7 @@ def build_parser() -> ArgumentParser:
                        description="Score a trained U-Net on a split: the PyTorch original's table plus "
                                    "pooled, tumour-slice and per-patient 3-D Dice (research use only).")
     p.add_argument("--model", required=True, nargs="+",
-                   help="a .keras file, or a SavedModel folder or .tflite file from tfunet-export; several .keras files, or a K-fold run's saved_models/ folder, make an ensemble (probabilities averaged)")
+                   help="a .keras file, or a SavedModel folder or .tflite file from tfunet-export" + ENSEMBLE_HELP)
     p.add_argument("--dataset", choices=DATASETS, help="default: the model's training dataset")
     p.add_argument("--data-dir", help="dataset folder (default: the model's training data folder)")
     p.add_argument("--cache-dir", help="where prepared dataset shards go")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         from tfunet.evaluate import evaluate_model, format_table
 
         result = evaluate_model(
-            args.model[0] if len(args.model) == 1 else args.model, split=args.split, dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
+            args.model, split=args.split, dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
             split_file=args.split_file, batch_size=args.batch_size,
             settings={k: getattr(args, k) for k in SETTINGS_FLAGS},
             tune="all" if args.tune else "threshold" if args.tune_threshold else None,

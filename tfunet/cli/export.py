@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from tfunet.cli import ArgumentParser, run_command
+from tfunet.cli import ENSEMBLE_HELP, ArgumentParser, run_command
 
 
 def build_parser() -> ArgumentParser:
@@ -14,7 +14,7 @@ def build_parser() -> ArgumentParser:
                                    "serving_default signature takes raw uint8 pixels of any size) "
                                    "and/or for devices (TFLite, built-in ops only).")
     p.add_argument("--model", required=True, nargs="+",
-                   help="the trained .keras file (its .json metadata beside it); several .keras files, or a K-fold run's saved_models/ folder, make an ensemble (probabilities averaged); "
+                   help="the trained .keras file (its .json metadata beside it)" + ENSEMBLE_HELP + "; "
                         "an ensemble exports as one SavedModel / one .tflite")
     p.add_argument("--saved-model", help="SavedModel folder to write, e.g. saved_models/serving/1")
     p.add_argument("--tflite", help=".tflite file to write (metadata goes beside it as .json)")
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         from tfunet.export import export
 
-        written = export(args.model[0] if len(args.model) == 1 else args.model, saved_model=args.saved_model, tflite=args.tflite,
+        written = export(args.model, saved_model=args.saved_model, tflite=args.tflite,
                          quantize=args.quantize, calibration_samples=args.calibration_samples,
                          data_dir=args.data_dir)
         print(json.dumps(written, indent=2))

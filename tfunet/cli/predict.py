@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tfunet.cli import ArgumentParser, run_command
+from tfunet.cli import ENSEMBLE_HELP, ArgumentParser, run_command
 
 
 def build_parser() -> ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> ArgumentParser:
                                    "Research use only.")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, NIfTI files or folders")
     p.add_argument("--model", required=True, nargs="+",
-                   help=".keras file, SavedModel folder or .tflite file; several .keras files, or a K-fold run's saved_models/ folder, make an ensemble (probabilities averaged)")
+                   help=".keras file, SavedModel folder or .tflite file" + ENSEMBLE_HELP)
     p.add_argument("--out", required=True, help="output folder")
     nifti = p.add_argument_group("a NIfTI case given sequence by sequence")
     nifti.add_argument("--pre", help="pre-contrast T1 (default: a copy of FLAIR)")
@@ -32,10 +32,6 @@ def build_parser() -> ArgumentParser:
     nifti.add_argument("--mosaic", action="store_true",
                        help="also write <case>_mosaic.png: the tumour-bearing slices with the prediction")
     return p
-
-
-def _one_or_many(models: list[str]):
-    return models[0] if len(models) == 1 else models
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         from tfunet.volumes import case_from_files
 
         case = case_from_files(args.pre, args.flair, args.post) if explicit else None
-        failed = predict_files(args.inputs, _one_or_many(args.model), args.out, case=case,
+        failed = predict_files(args.inputs, args.model, args.out, case=case,
                                percentiles=tuple(args.percentiles) if args.percentiles else None,
                                rescale_8bit=args.rescale_8bit, mosaic=args.mosaic)
         return 1 if failed else 0
