@@ -51,6 +51,11 @@ def test_int_in_file_is_accepted_for_float_option(tmp_path):
     ({"warmup_epochs": 20, "epochs": 5}, "warmup-epochs"),
     ({"colour": "red"}, "unknown option\\(s\\): colour"),
     ({"epochs": "many"}, "option epochs expects int"),
+    ({"folds": 1}, "folds must be 0 \\(no cross-validation\\) or at least 2, got 1"),
+    ({"folds": 3, "strategy": "multi-worker"}, "--folds runs its folds one after another on one machine"),
+    ({"foreground_share": 0.01}, "foreground-share must be 0 or draw 1 to 16 slices of a batch of 16"),
+    ({"foreground_share": 1.5}, "foreground-share must be 0 or draw 1 to 16"),
+    ({"steps_per_execution": 0}, "steps-per-execution must be at least 1"),
 ])
 def test_bad_values_are_explained(overrides, message):
     with pytest.raises(TfunetError, match=message):

@@ -145,3 +145,13 @@ def test_training_options_keep_the_epoch_and_its_log(tiny_config, options):
     rows = (tiny_config.log_dir / "train_log.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "val_dice_pooled" in rows[0] and "learning_rate" in rows[0]
     assert (tiny_config.model_dir / "best_model.keras").is_file()
+
+
+def test_foreground_share_without_tumour_is_a_clear_error(tiny_config, monkeypatch):
+    from tfunet.errors import TfunetError
+    from tfunet.train import train
+
+    monkeypatch.setattr("tfunet.train.tumour_burden", lambda source, ids: {pid: 0 for pid in ids})
+    tiny_config.foreground_share = 0.5
+    with pytest.raises(TfunetError, match="--foreground-share needs training slices with tumour"):
+        train(tiny_config, verbose=0)
