@@ -1,8 +1,9 @@
+import dataclasses
 import json
 
 import pytest
 
-from tfunet.config import PRESETS, TrainConfig, make_config
+from tfunet.config import PRESETS, RECIPES, TrainConfig, make_config
 from tfunet.errors import TfunetError
 
 
@@ -56,6 +57,11 @@ def test_int_in_file_is_accepted_for_float_option(tmp_path):
     ({"foreground_share": 0.01}, "foreground-share must be 0 or draw 1 to 16 slices of a batch of 16"),
     ({"foreground_share": 1.5}, "foreground-share must be 0 or draw 1 to 16"),
     ({"steps_per_execution": 0}, "steps-per-execution must be at least 1"),
+    ({"coarse_size": 64}, "--coarse-size and --coarse-epochs go together"),
+    ({"coarse_size": 64, "coarse_epochs": 8, "epochs": 8}, "coarse-epochs must be between 1 and epochs - 1 \\(7\\)"),
+    ({"coarse_size": 60, "coarse_epochs": 2}, "image-size 60 is not divisible by 2\\*\\*depth = 16"),
+    ({"deep_supervision": True, "depth": 2}, "--deep-supervision needs depth 3 or more"),
+    ({"recipe": "slow"}, "unknown recipe 'slow'; choose one of original, fast"),
 ])
 def test_bad_values_are_explained(overrides, message):
     with pytest.raises(TfunetError, match=message):
@@ -79,3 +85,19 @@ def test_output_folders_follow_output_dir(tmp_path):
     config = TrainConfig(output_dir=str(tmp_path))
     assert config.model_dir == tmp_path / "saved_models"
     assert config.log_dir == tmp_path / "logs"
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipes_resolve_to_their_settings_and_flags_still_win(recipe, tmp_path):
+    config = make_config({"dataset": "lgg", "data_dir": str(tmp_path), "recipe": recipe})
+    expected = {**PRESETS["lgg"], **RECIPES[recipe]}
+    assert {name: getattr(config, name) for name in expected} == expected
+    assert config.recipe == recipe
+    flagged = make_config({"dataset": "lgg", "data_dir": str(tmp_path), "recipe": recipe, "epochs": 3, "seed": 7})
+    assert (flagged.epochs, flagged.seed) == (3, 7)
+
+
+def test_original_recipe_is_the_lgg_default(tmp_path):
+    default = make_config({"dataset": "lgg", "data_dir": str(tmp_path)})
+    original = make_config({"dataset": "lgg", "data_dir": str(tmp_path), "recipe": "original"})
+    assert dataclasses.replace(original, recipe="") == default

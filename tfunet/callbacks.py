@@ -55,8 +55,10 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self._save({"epoch": epoch + 1, self.monitor: value})
 
     def _save(self, best: dict):
+        # A training wrapper (tfunet.training_model) saves the plain U-Net it trains.
+        model = self.model.inference_model() if hasattr(self.model, "inference_model") else self.model
         with atomic_path(self.path) as tmp:
-            self.model.save(tmp)
+            model.save(tmp)
         write_metadata(self.path, {**self.metadata, "best": best})
 
 

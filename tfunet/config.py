@@ -3,7 +3,8 @@
 Defaults depend on the dataset: the synthetic default is sized to train in minutes on two CPU
 cores, while `lgg` reproduces the PyTorch original's recipe (256x256, base 32, depth 4,
 batch 16, 130 epochs, AdamW 1e-3 with weight decay 1e-5 and cosine decay). Values are
-resolved in this order, later wins: dataset preset, config file (YAML or JSON), flags.
+resolved in this order, later wins: dataset preset, recipe (`--recipe`), config file (YAML or
+JSON), flags.
 This module imports no TensorFlow, so argument errors are reported instantly.
 """
 
@@ -21,16 +22,18 @@ UPSAMPLING = ("transpose", "bilinear")
 JIT_COMPILE = ("auto", "on", "off")
 MIXED_PRECISION = ("auto", "off", "bfloat16", "float16")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
+AUX_LEVELS = (1, 2)  # decoder levels with a deep-supervision head: 1/2 and 1/4 resolution
 CHOICES = {"jit_compile": JIT_COMPILE, "mixed_precision": MIXED_PRECISION, "strategy": STRATEGIES}
 
 
 def check_unet_args(image_size: int, depth: int, base_filters: int, upsampling: str,
                     dropout: float) -> None:
-    """The U-Net's argument check, shared by `tfunet.model.UNet` and `TrainConfig.validate`."""
+    """The U-Net's argument check, shared by `tfunet.model.UNet` and `TrainConfig.validate`.
+    image_size None: any input size (a network that trains at several sizes)."""
     for name, value in (("image-size", image_size), ("depth", depth), ("base-filters", base_filters)):
-        if value < 1:
+        if value is not None and value < 1:
             raise TfunetError(f"{name} must be at least 1, got {value}")
-    if image_size % (2 ** depth):
+    if image_size is not None and image_size % (2 ** depth):
         raise TfunetError(
             f"image-size {image_size} is not divisible by 2**depth = {2 ** depth} "
             f"(depth {depth}); pick a multiple of {2 ** depth}")
@@ -52,6 +55,7 @@ class TrainConfig:
     skip_bad: bool = False  # lgg: warn about and skip unreadable/invalid files instead of failing
     augment: bool = True  # random flips, rotations, scaling, intensity jitter on training slices
     foreground_share: float = 0.0  # share of every training batch drawn from slices with tumour (0: none)
+    recipe: str = ""  # a named set of defaults (RECIPES) applied over the dataset preset; "" = the preset
     # model
     image_size: int = 256
     base_filters: int = 32
@@ -59,6 +63,7 @@ class TrainConfig:
     batch_norm: bool = True
     dropout: float = 0.0
     upsampling: str = "transpose"
+    deep_supervision: bool = False  # auxiliary losses at 1/2 and 1/4 resolution while training
     # optimisation
     epochs: int = 130
     batch_size: int = 16
@@ -69,6 +74,9 @@ class TrainConfig:
     dice_weight: float = 1.0
     threshold: float = 0.5
     seed: int = 42
+    # resolution schedule: the first coarse_epochs train at coarse_size, the rest at image_size
+    coarse_size: int = 0
+    coarse_epochs: int = 0
     # cross-validation: 0 = one train/val/test run; K >= 2 = K-fold cross-validation by patient
     folds: int = 0
     # execution
@@ -110,6 +118,18 @@ class TrainConfig:
         if self.folds and self.strategy == "multi-worker":
             raise TfunetError("--folds runs its folds one after another on one machine; "
                               "drop --strategy multi-worker")
+        if bool(self.coarse_size) != bool(self.coarse_epochs):
+            raise TfunetError("--coarse-size and --coarse-epochs go together (both 0: no resolution schedule)")
+        if self.coarse_epochs:
+            check_unet_args(self.coarse_size, self.depth, self.base_filters, self.upsampling, self.dropout)
+            if not 0 < self.coarse_epochs < self.epochs:
+                raise TfunetError(f"coarse-epochs must be between 1 and epochs - 1 ({self.epochs - 1}), "
+                                  f"got {self.coarse_epochs}")
+        if self.deep_supervision and self.depth < 1 + max(AUX_LEVELS):
+            raise TfunetError(f"--deep-supervision needs depth {1 + max(AUX_LEVELS)} or more "
+                              f"(heads at 1/2 and 1/4 resolution), got depth {self.depth}")
+        if self.recipe and self.recipe not in RECIPES:
+            raise TfunetError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         if self.warmup_epochs >= self.epochs:
             raise TfunetError(f"warmup-epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
         for name, choices in CHOICES.items():
@@ -134,6 +154,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "synthetic": dict(image_size=128, base_filters=16, depth=4, epochs=8, batch_size=16,
                       augment=False),
     "lgg": dict(image_size=256, base_filters=32, depth=4, epochs=130, batch_size=16, augment=True),
+}
+
+# Recipes: named settings over the dataset preset (flags and config files still override them).
+# "original" is the lgg preset itself, the PyTorch original's recipe, kept reproducible. "fast"
+# is tuned for accuracy per CPU-hour: it trains within the wall time of 10 epochs of the
+# original recipe at base 16 (scripts/recipe_budget.py measures both; docs/training.md has
+# the cross-validated evidence).
+RECIPES: dict[str, dict[str, Any]] = {
+    "original": {},
+    "fast": dict(image_size=128, base_filters=16, epochs=40),
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -175,7 +205,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 def make_config(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None,
                 validate: bool = True) -> TrainConfig:
-    """Resolve a `TrainConfig`: dataset preset, then the config file, then `overrides`.
+    """Resolve a `TrainConfig`: dataset preset, recipe, then the config file, then `overrides`.
 
     `overrides` entries that are None are treated as "not given", so argparse namespaces can be
     passed straight in.
@@ -188,7 +218,10 @@ def make_config(overrides: dict[str, Any] | None = None, config_file: str | Path
     dataset = given.get("dataset", TrainConfig.dataset)
     if dataset not in PRESETS:
         raise TfunetError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    values = dict(PRESETS[dataset])
+    recipe = given.get("recipe") or ""
+    if recipe not in RECIPES and recipe:
+        raise TfunetError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    values = {**PRESETS[dataset], **RECIPES.get(recipe, {})}
     values.update({k: _coerce(k, v) for k, v in given.items()})
     config = TrainConfig(**values)
     return config.validate() if validate else config

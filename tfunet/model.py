@@ -97,8 +97,12 @@ def build_unet(image_size: int = 256, channels: int = 3, depth: int = 4, base_fi
                 batch_norm=batch_norm, dropout=dropout, upsampling=upsampling, name=name)
 
 
+def unet_args(config) -> dict:
+    """The `UNet` arguments a `TrainConfig` describes."""
+    return dict(image_size=config.image_size, depth=config.depth, base_filters=config.base_filters,
+                batch_norm=config.batch_norm, dropout=config.dropout, upsampling=config.upsampling)
+
+
 def build_from_config(config) -> UNet:
     """Build the U-Net a `TrainConfig` describes."""
-    return build_unet(image_size=config.image_size, depth=config.depth,
-                      base_filters=config.base_filters, batch_norm=config.batch_norm,
-                      dropout=config.dropout, upsampling=config.upsampling)
+    return build_unet(**unet_args(config))

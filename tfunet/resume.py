@@ -76,9 +76,11 @@ def prepare_resume(directory: str | Path, config_dict: dict) -> int:
     return epochs
 
 
-def truncate_log(csv_path: str | Path, epochs: int, monitor: str, mode: str = "max") -> float | None:
+def truncate_log(csv_path: str | Path, epochs: int, monitor: str, mode: str = "max",
+                 from_epoch: int = 0) -> float | None:
     """Keep the rows of epochs 0..epochs-1 of a CSVLogger file; return the best `monitor` value
-    of every finite row read (kept or not: a dropped epoch may already have saved its model)."""
+    of every finite row read from epoch `from_epoch` on (kept or not: a dropped epoch may already
+    have saved its model)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         return None
@@ -93,7 +95,7 @@ def truncate_log(csv_path: str | Path, epochs: int, monitor: str, mode: str = "m
             epoch, value = int(row["epoch"]), float(row.get(monitor) or "nan")
         except ValueError:
             continue
-        if math.isfinite(value):
+        if math.isfinite(value) and epoch >= from_epoch:
             values.append(value)
         if epoch < epochs:
             kept.append(row)

@@ -28,9 +28,10 @@ from tfunet.errors import TfunetError
 from tfunet.losses import BCEDiceLoss
 from tfunet.metadata import make_metadata
 from tfunet.metrics import training_metrics
-from tfunet.model import build_from_config
+from tfunet.model import build_from_config, unet_args
 from tfunet.precision import dtype_policy, resolve_policy
 from tfunet.runtime import use_jit
+from tfunet.training_model import TrainingUNet
 from tfunet.resume import AtomicBackupAndRestore, backup_dir, prepare_resume, truncate_log
 
 BEST_MODEL = "best_model.keras"
@@ -69,10 +70,11 @@ def compile_model(model: keras.Model, config, steps_per_epoch: int) -> keras.Mod
 
 def make_callbacks(metadata: dict, model_dir: Path, log_dir: Path, resumed: bool = False,
                    best_so_far: float | None = None, monitor: str | None = MONITOR,
-                   extra: list | None = None) -> list[keras.callbacks.Callback]:
+                   extra: list | None = None, keep_backup: bool = False) -> list[keras.callbacks.Callback]:
     """The callbacks of `train`, in an order that makes a kill at any point resumable: an
     epoch's CSV row is written before its best model and its backup (see tfunet.resume).
-    monitor=None saves every epoch's model (the last one stays): a run that selects nothing."""
+    monitor=None saves every epoch's model (the last one stays): a run that selects nothing.
+    keep_backup: leave the backup when fit ends, for a next stage of training to start from."""
     csv_path = log_dir / "train_log.csv"
     return [
         LearningRateLogger(),
@@ -82,7 +84,7 @@ def make_callbacks(metadata: dict, model_dir: Path, log_dir: Path, resumed: bool
         LossCurvePlot(csv_path, log_dir / "loss_curves.png"),
         keras.callbacks.TensorBoard(str(log_dir / "tensorboard"), update_freq="epoch"),
         *(extra or []),
-        AtomicBackupAndRestore(str(backup_dir(log_dir))),
+        AtomicBackupAndRestore(str(backup_dir(log_dir)), delete_checkpoint=not keep_backup),
     ]
 
 
@@ -151,9 +153,48 @@ def train(config, verbose: int | None = None) -> dict:
 
 def score_split(model: keras.Model, splits, name: str, config) -> dict:
     """The training metrics of `model` on one split, rounded for the results dict."""
+    if not model.compiled:  # a U-Net saved out of a training wrapper (tfunet.training_model)
+        model.compile(loss=BCEDiceLoss(config.bce_weight, config.dice_weight),
+                      metrics=training_metrics(config.threshold))
     ds = make_pipeline(splits.dataset(name), image_size=config.image_size, batch_size=config.batch_size)
     scores = model.evaluate(ds, return_dict=True, verbose=0)
     return {k: round(float(v), 4) for k, v in scores.items()}
+
+
+def resolution_phases(config) -> list[tuple[int, int, int]]:
+    """(image size, first epoch, end epoch) of each stage of training: one stage at image_size,
+    or coarse_epochs at coarse_size first."""
+    if not config.coarse_epochs:
+        return [(config.image_size, 0, config.epochs)]
+    return [(config.coarse_size, 0, config.coarse_epochs), (config.image_size, config.coarse_epochs, config.epochs)]
+
+
+def build_training_model(config) -> keras.Model:
+    """The model `fit` trains: the U-Net itself, or a wrapper that saves the U-Net when training
+    adds deep supervision or changes resolution (tfunet.training_model)."""
+    if config.deep_supervision or config.coarse_epochs:
+        return TrainingUNet(unet_args(config), deep_supervision=config.deep_supervision)
+    return build_from_config(config)
+
+
+def training_data(config, splits, image_size: int, steps_per_epoch: int, session: Session):
+    """(train dataset, val dataset or None, extra fit arguments) at one image size."""
+    fit_options = {}
+    augment_fn = augment if config.augment else None
+    if config.foreground_share:
+        train_ds = make_oversampled_pipeline(splits.dataset("train"), image_size=image_size,
+                                             batch_size=config.batch_size, foreground_share=config.foreground_share,
+                                             seed=config.seed, augment=augment_fn)
+        fit_options["steps_per_epoch"] = steps_per_epoch  # the stream is endless
+    else:
+        train_ds = make_pipeline(splits.dataset("train"), image_size=image_size, batch_size=config.batch_size,
+                                 training=True, seed=config.seed, augment=augment_fn)
+    val_ds = make_pipeline(splits.dataset("val"), image_size=image_size,
+                           batch_size=config.batch_size) if splits.split["val"] else None
+    if session.distribution.task.num_tasks > 1:
+        train_ds = shard_by_data(train_ds)
+        val_ds = shard_by_data(val_ds) if val_ds is not None else None
+    return train_ds, val_ds, fit_options
 
 
 def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path, *, resume_key: dict,
@@ -171,46 +212,48 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
     write_split(splits.split, log_dir / "split.json")
     num_train = splits.num_slices("train")
     steps_per_epoch = math.ceil(num_train / config.batch_size)
-    fit_options = {}
-    if config.foreground_share:
-        if not any(tumour_burden(splits.source, splits.split["train"]).values()):
-            raise TfunetError("--foreground-share needs training slices with tumour; the training patients have none")
-        train_ds = make_oversampled_pipeline(splits.dataset("train"), image_size=config.image_size,
-                                             batch_size=config.batch_size, foreground_share=config.foreground_share,
-                                             seed=config.seed, augment=augment if config.augment else None)
-        fit_options["steps_per_epoch"] = steps_per_epoch  # the stream is endless
-    else:
-        train_ds = make_pipeline(splits.dataset("train"), image_size=config.image_size,
-                                 batch_size=config.batch_size, training=True, seed=config.seed,
-                                 augment=augment if config.augment else None)
-    val_ds = make_pipeline(splits.dataset("val"), image_size=config.image_size,
-                           batch_size=config.batch_size) if splits.split["val"] else None
-    if session.distribution.task.num_tasks > 1:
-        train_ds = shard_by_data(train_ds)
-        val_ds = shard_by_data(val_ds) if val_ds is not None else None
+    if config.foreground_share and not any(tumour_burden(splits.source, splits.split["train"]).values()):
+        raise TfunetError("--foreground-share needs training slices with tumour; the training patients have none")
+    phases = resolution_phases(config)
     if verbose:
+        sizes = " then ".join(f"{size}x{size} to epoch {end}" for size, _, end in phases) if len(phases) > 1 \
+            else f"{config.image_size}x{config.image_size}"
         print(f"tfunet-train: {label}{config.dataset}, {num_train} train / {splits.num_slices('val')} val / "
               f"{splits.num_slices('test')} test slices "
               f"({len(splits.split['train'])}/{len(splits.split['val'])}/{len(splits.split['test'])} patients), "
-              f"{config.image_size}x{config.image_size}, {config.epochs} epochs of {steps_per_epoch} steps")
+              f"{sizes}, {config.epochs} epochs of {steps_per_epoch} steps")
         print(f"tfunet-train: dtype policy {policy}, XLA {'on' if use_jit(config) else 'off'}, "
               f"strategy {session.distribution.name} with {strategy.num_replicas_in_sync} replica(s)")
 
     with dtype_policy(policy), strategy.scope():
-        model = compile_model(build_from_config(config), config, steps_per_epoch)
+        model = compile_model(build_training_model(config), config, steps_per_epoch)
     # "policy" is what ran; config.mixed_precision is what was asked for (e.g. "auto").
     metadata = make_metadata(config, splits.split, policy=policy,
                              selection="best validation epoch" if select else "last epoch",
                              **(extra_metadata or {}))
     # The resolved policy is compared too: `auto` may mean bfloat16 on one machine, float32 on another.
     resumed = prepare_resume(backup_dir(log_dir), {**resume_key, "policy": policy})
-    best_so_far = truncate_log(log_dir / "train_log.csv", resumed, MONITOR) if resumed else None
     if verbose and resumed:
         print(f"tfunet-train: resuming after epoch {resumed} from {backup_dir(log_dir)}")
-    # shuffle=False: the tf.data pipeline already shuffles, seeded (Keras would only warn).
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,
-                        callbacks=make_callbacks(metadata, model_dir, log_dir, bool(resumed),
-                                                 best_so_far if select else None,
-                                                 MONITOR if select else None, callbacks),
-                        verbose=verbose, **fit_options)
-    return {"best_model": str(model_dir / BEST_MODEL), "epochs": len(history.epoch)}
+    epochs_run = 0
+    for number, (size, first, end) in enumerate(phases):
+        if resumed >= end:
+            continue  # a finished phase; its last epoch is in the backup
+        # Each size selects its best epoch among its own: validation Dice at 128 and at 256
+        # are not comparable, and the saved model is the serving size's.
+        best_so_far = None
+        if resumed and select:
+            best_so_far = truncate_log(log_dir / "train_log.csv", resumed, MONITOR, from_epoch=first)
+        elif resumed:
+            truncate_log(log_dir / "train_log.csv", resumed, MONITOR)
+        train_ds, val_ds, fit_options = training_data(config, splits, size, steps_per_epoch, session)
+        last = number == len(phases) - 1
+        # shuffle=False: the tf.data pipeline already shuffles, seeded (Keras would only warn).
+        history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end, shuffle=False,
+                            callbacks=make_callbacks(metadata, model_dir, log_dir, bool(resumed or first),
+                                                     best_so_far, MONITOR if select else None, callbacks,
+                                                     keep_backup=not last),
+                            verbose=verbose, **fit_options)
+        epochs_run += len(history.epoch)
+        resumed = max(resumed, end)
+    return {"best_model": str(model_dir / BEST_MODEL), "epochs": epochs_run}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from tfunet.cli import ArgumentParser, run_command
-from tfunet.config import DATASETS, JIT_COMPILE, MIXED_PRECISION, STRATEGIES, UPSAMPLING, make_config
+from tfunet.config import DATASETS, JIT_COMPILE, MIXED_PRECISION, RECIPES, STRATEGIES, UPSAMPLING, make_config
 
 
 def build_parser() -> ArgumentParser:
@@ -14,6 +14,10 @@ def build_parser() -> ArgumentParser:
                                    "With no arguments it trains on the built-in synthetic dataset.")
     p.add_argument("--config", help="YAML or JSON file of options (flags win)")
     p.add_argument("--dataset", choices=DATASETS, help="synthetic (default) or lgg")
+    p.add_argument("--recipe", choices=sorted(RECIPES),
+                   help="named settings over the dataset's defaults: original = the PyTorch original's "
+                        "recipe (the lgg default); fast = accuracy per CPU-hour (docs/training.md). "
+                        "Flags still override it")
     p.add_argument("--data-dir", help="dataset folder (lgg: kaggle_3m, its parent, or the zip)")
     p.add_argument("--cache-dir", help="where prepared dataset shards go")
     p.add_argument("--split-file", help="JSON of patient lists {train, val, test}, or {folds, test} "
@@ -30,6 +34,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--depth", type=int)
     p.add_argument("--dropout", type=float)
     p.add_argument("--upsampling", choices=UPSAMPLING)
+    p.add_argument("--deep-supervision", action="store_true", default=None,
+                   help="auxiliary losses at 1/2 and 1/4 resolution while training (the saved model "
+                        "has one output)")
+    p.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false")
+    p.add_argument("--coarse-size", type=int,
+                   help="resolution schedule: train the first --coarse-epochs at this size, the rest at --image-size")
+    p.add_argument("--coarse-epochs", type=int)
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false", default=None)
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--weight-decay", type=float)
