@@ -28,6 +28,8 @@ ROWS = {
     "no_augment": "--no-augment",
     "dice_weight_2": "--dice-weight 2",
     "lr_3e-3_warmup_1": "--lr 3e-3 --warmup-epochs 1",
+    "deep_supervision": "--deep-supervision",
+    "dice_per_slice": "--dice-per-slice",
 }
 FIGURES = ("patient_dice_mean", "patient_dice_median", "dice_tumour_slices", "dice_pooled",
            "empty_slices_with_prediction", "missed_patients")
@@ -80,7 +82,10 @@ def main(argv=None) -> dict:
     folds = out / "folds.json"
     if not folds.is_file():
         deal_folds(args, folds)
-    results = {"folds_file": str(folds), "base": args.base, "rows": {}}
+    previous = json.loads((out / "ablation.json").read_text()) if (out / "ablation.json").is_file() else {}
+    # Rows of earlier invocations stay in ablation.json (same base only: they compare paired).
+    kept = previous.get("rows", {}) if previous.get("base") == args.base else {}
+    results = {"folds_file": str(folds), "base": args.base, "rows": kept}
     for name in args.rows:
         row_dir = out / name
         report_path = row_dir / "logs" / "cv_metrics.json"

@@ -58,6 +58,19 @@ def test_soft_dice_hand_computed(y, logits, expected):
     assert float(soft_dice_from_logits(y, logits)) == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.parametrize("per_slice, expected", [
+    # slice 1: p = 0.5 on 4 pixels, 2 true (Dice 3/5); slice 2: empty and predicted empty (Dice 1)
+    (False, (2.0 * 1.0 + 1.0) / (2.0 + 2.0 + 1.0)),  # pooled: slice 2 adds nothing
+    (True, (3.0 / 5.0 + 1.0) / 2.0),  # per slice: the mean of the two
+])
+def test_pooled_and_per_slice_dice(per_slice, expected):
+    y = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    logits = np.array([[0.0, 0.0, 0.0, 0.0], [-BIG, -BIG, -BIG, -BIG]])
+    assert float(soft_dice_from_logits(y, logits, per_slice=per_slice)) == pytest.approx(expected, abs=1e-5)
+    loss = BCEDiceLoss(bce_weight=0.0, per_slice=per_slice)
+    assert float(loss(y, logits)) == pytest.approx(1.0 - expected, abs=1e-5)
+
+
 def test_perfect_prediction_is_near_zero_and_inverted_is_high():
     y = _mask()
     loss = BCEDiceLoss()
@@ -93,7 +106,7 @@ def test_float16_logits_are_summed_in_float32():
 
 
 def test_loss_serialises_with_its_weights():
-    loss = BCEDiceLoss(bce_weight=0.5, dice_weight=1.5)
+    loss = BCEDiceLoss(bce_weight=0.5, dice_weight=1.5, per_slice=True)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored, BCEDiceLoss)
-    assert (restored.bce_weight, restored.dice_weight) == (0.5, 1.5)
+    assert (restored.bce_weight, restored.dice_weight, restored.per_slice) == (0.5, 1.5, True)

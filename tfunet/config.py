@@ -72,6 +72,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     bce_weight: float = 1.0
     dice_weight: float = 1.0
+    dice_per_slice: bool = False  # soft Dice per slice, averaged (default: pooled over the batch)
     threshold: float = 0.5
     seed: int = 42
     # resolution schedule: the first coarse_epochs train at coarse_size, the rest at image_size

@@ -51,6 +51,10 @@ def make_schedule(config, steps_per_epoch: int) -> keras.optimizers.schedules.Le
     return keras.optimizers.schedules.CosineDecay(config.lr, total_steps)
 
 
+def make_loss(config) -> BCEDiceLoss:
+    return BCEDiceLoss(config.bce_weight, config.dice_weight, per_slice=config.dice_per_slice)
+
+
 def make_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """AdamW: weight decay decoupled from the gradient, unlike the original's Adam + L2."""
     return keras.optimizers.AdamW(learning_rate=make_schedule(config, steps_per_epoch),
@@ -60,7 +64,7 @@ def make_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
 def compile_model(model: keras.Model, config, steps_per_epoch: int) -> keras.Model:
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
-        loss=BCEDiceLoss(config.bce_weight, config.dice_weight),
+        loss=make_loss(config),
         metrics=training_metrics(config.threshold),
         jit_compile=use_jit(config),
         steps_per_execution=config.steps_per_execution,
@@ -154,7 +158,7 @@ def train(config, verbose: int | None = None) -> dict:
 def score_split(model: keras.Model, splits, name: str, config) -> dict:
     """The training metrics of `model` on one split, rounded for the results dict."""
     if not model.compiled:  # a U-Net saved out of a training wrapper (tfunet.training_model)
-        model.compile(loss=BCEDiceLoss(config.bce_weight, config.dice_weight),
+        model.compile(loss=make_loss(config),
                       metrics=training_metrics(config.threshold))
     ds = make_pipeline(splits.dataset(name), image_size=config.image_size, batch_size=config.batch_size)
     scores = model.evaluate(ds, return_dict=True, verbose=0)

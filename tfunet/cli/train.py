@@ -47,6 +47,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--bce-weight", type=float)
     p.add_argument("--dice-weight", type=float)
+    p.add_argument("--dice-per-slice", action="store_true", default=None,
+                   help="soft Dice of the loss per slice, averaged (default: pooled over the batch, as the original)")
     p.add_argument("--threshold", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--skip-bad", action="store_true", default=None,

@@ -1,0 +1,98 @@
+"""The fast recipe's budget: its training wall time against 10 epochs of the original recipe at
+base 16, side by side on one machine and the same patients; print JSON with the ratio (<= 1 is
+within budget).
+
+    python scripts/recipe_budget.py --data-dir ~/.cache/lgg64/kaggle_3m --out ~/runs/budget
+    python scripts/recipe_budget.py ... --patients 12   # quicker: fewer patients, same epochs
+
+Each side is `tfunet-train --dataset lgg --recipe R` in a fresh process on one seeded split of
+the patients (OUT/split.json), timed from start to exit as a user waits (data preparation is
+done before the clock starts). Both sides run all their epochs: scaling a few epochs up would
+count the first epoch's tracing many times over. A finished side is kept in OUT/budget.json and
+not rerun (delete it after changing a recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import machine  # noqa: E402
+
+# The budget is 10 epochs of the original recipe at base 16 (the issue's reference point).
+SIDES = {"original": "--recipe original --base-filters 16 --epochs 10", "fast": "--recipe fast"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", required=True, help="a folder of LGG patients (kaggle_3m)")
+    p.add_argument("--out", required=True, help="where runs, the split and budget.json go")
+    p.add_argument("--patients", type=int, help="use the first N patients (default: all)")
+    p.add_argument("--seed", type=int, default=42)
+    return p.parse_args(argv)
+
+
+def prepare(args, out: Path) -> Path:
+    """Prepare the dataset shards (outside the clock) and write the shared split."""
+    path = out / "split.json"
+    if path.is_file():
+        return path
+    from tfunet.runtime import configure_tensorflow
+
+    configure_tensorflow()
+    from tfunet.config import make_config
+    from tfunet.data.sources import make_source
+    from tfunet.data.split import split_patients, write_split
+
+    ids = sorted(make_source(make_config({"dataset": "lgg", "data_dir": args.data_dir})).patients())
+    write_split(split_patients(ids[:args.patients] if args.patients else ids, seed=args.seed), path)
+    return path
+
+
+def run_side(args, name: str, split: Path, out: Path) -> dict:
+    flags = shlex.split(SIDES[name])
+    command = ["tfunet-train", "--dataset", "lgg", "--data-dir", args.data_dir, "--split-file", str(split),
+               "--seed", str(args.seed), "--output-dir", str(out / name), *flags]
+    print(f"recipe_budget: {name}: {shlex.join(command)}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with open(out / f"{name}.log", "w") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"recipe_budget: {name} failed (exit {done.returncode}); see {out / name}.log")
+    return {"flags": shlex.join(flags), "seconds": round(seconds, 1)}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    split = prepare(args, out)
+    result_path = out / "budget.json"
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    result.update({"machine": machine(), "patients": sum(len(v) for v in json.loads(split.read_text()).values()),
+                   "sides": result.get("sides", {})})
+    from tfunet.fileio import write_json
+
+    for name in SIDES:
+        if name not in result["sides"]:
+            result["sides"][name] = run_side(args, name, split, out)
+            write_json(result_path, result)
+    sides = result["sides"]
+    result["ratio_fast_to_original"] = round(sides["fast"]["seconds"] / sides["original"]["seconds"], 3)
+    result["within_budget"] = result["ratio_fast_to_original"] <= 1.0
+    write_json(result_path, result)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
