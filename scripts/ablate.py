@@ -30,6 +30,7 @@ ROWS = {
     "lr_3e-3_warmup_1": "--lr 3e-3 --warmup-epochs 1",
     "deep_supervision": "--deep-supervision",
     "dice_per_slice": "--dice-per-slice",
+    "augment_nnunet": "--augmentation nnunet",
 }
 FIGURES = ("patient_dice_mean", "patient_dice_median", "dice_tumour_slices", "dice_pooled",
            "empty_slices_with_prediction", "missed_patients")

@@ -61,6 +61,7 @@ def test_int_in_file_is_accepted_for_float_option(tmp_path):
     ({"coarse_size": 64, "coarse_epochs": 8, "epochs": 8}, "coarse-epochs must be between 1 and epochs - 1 \\(7\\)"),
     ({"coarse_size": 60, "coarse_epochs": 2}, "image-size 60 is not divisible by 2\\*\\*depth = 16"),
     ({"deep_supervision": True, "depth": 2}, "--deep-supervision needs depth 3 or more"),
+    ({"augmentation": "heavy"}, "augmentation must be one of basic, nnunet, got 'heavy'"),
     ({"recipe": "slow"}, "unknown recipe 'slow'; choose one of original, fast"),
 ])
 def test_bad_values_are_explained(overrides, message):

@@ -8,6 +8,7 @@ metrics of the best model on the validation and test splits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -184,7 +185,7 @@ def build_training_model(config) -> keras.Model:
 def training_data(config, splits, image_size: int, steps_per_epoch: int, session: Session):
     """(train dataset, val dataset or None, extra fit arguments) at one image size."""
     fit_options = {}
-    augment_fn = augment if config.augment else None
+    augment_fn = functools.partial(augment, params=config.augmentation) if config.augment else None
     if config.foreground_share:
         train_ds = make_oversampled_pipeline(splits.dataset("train"), image_size=image_size,
                                              batch_size=config.batch_size, foreground_share=config.foreground_share,

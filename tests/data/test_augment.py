@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfunet.data.augment import AugmentParams, augment
+from tfunet.config import AUGMENTATIONS
+from tfunet.data.augment import PRESETS, AugmentParams, augment
 
 NONE = AugmentParams(flip_prob=0.0, max_rotation_deg=0.0, max_scale=0.0, brightness=0.0,
                      contrast=0.0, gamma=0.0)
@@ -32,6 +33,9 @@ def run(dataset) -> list[dict]:
 @pytest.mark.parametrize("params, expected", [
     (NONE, lambda image: image),
     (AugmentParams(**{**vars(NONE), "flip_prob": 1.0}), lambda image: image[:, ::-1]),
+    # wide rotations and scaling that never happen
+    (AugmentParams(**{**vars(NONE), "max_rotation_deg": 180.0, "rotation_prob": 0.0, "max_scale": 0.3,
+                      "scale_prob": 0.0}), lambda image: image),
 ])
 def test_exact_transforms(params, expected):
     for before, after in zip(run(slices()), run(augment(slices(), seed=1, params=params))):
@@ -40,7 +44,11 @@ def test_exact_transforms(params, expected):
         assert after["patient_id"] == before["patient_id"]
 
 
-@pytest.mark.parametrize("params", [AugmentParams(), GEOMETRY])
+def test_presets_are_the_configs_choices():
+    assert tuple(PRESETS) == AUGMENTATIONS
+
+
+@pytest.mark.parametrize("params", [AugmentParams(), GEOMETRY, "nnunet"])
 def test_types_binary_mask_and_same_geometry(params):
     for element in run(augment(slices(), seed=3, params=params)):
         assert element["image"].dtype == np.uint8 and element["image"].shape == (64, 64, 3)
@@ -69,3 +77,19 @@ def test_augments_real_slices(lgg_source):
     for element in run(augment(lgg_source.dataset(ids).take(4), seed=0)):
         assert element["image"].dtype == np.uint8 and element["image"].shape == (256, 256, 3)
         assert set(np.unique(element["mask"])) <= {0, 1}
+
+
+@pytest.mark.parametrize("change", [
+    {"noise_prob": 1.0},
+    {"blur_prob": 1.0},
+    {"lowres_prob": 1.0, "lowres_zoom": (0.5, 0.5)},
+])
+def test_degradations_change_the_image_and_never_the_mask(change):
+    params = AugmentParams(**{**vars(NONE), **change})
+    before, after = run(slices()), run(augment(slices(), seed=2, params=params))
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(b["mask"], a["mask"])
+    assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(before, after))
+    if "noise_prob" not in change:  # blur and low resolution smooth the random pixels
+        assert np.std(np.diff(after[0]["image"][..., 1].astype(float), axis=1)) < \
+            np.std(np.diff(before[0]["image"][..., 1].astype(float), axis=1))

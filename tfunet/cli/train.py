@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from tfunet.cli import ArgumentParser, run_command
-from tfunet.config import DATASETS, JIT_COMPILE, MIXED_PRECISION, RECIPES, STRATEGIES, UPSAMPLING, make_config
+from tfunet.config import AUGMENTATIONS, DATASETS, JIT_COMPILE, MIXED_PRECISION, RECIPES, STRATEGIES, UPSAMPLING, make_config
 
 
 def build_parser() -> ArgumentParser:
@@ -56,6 +56,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--augment", dest="augment", action="store_true", default=None,
                    help="augment training slices (default: on for lgg, off for synthetic)")
     p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--augmentation", choices=AUGMENTATIONS,
+                   help="basic (default: flips, small rotations and scaling, mild intensity jitter) or "
+                        "nnunet (wide rotations and scaling, noise, blur, low resolution, wider gamma)")
     p.add_argument("--foreground-share", type=float,
                    help="draw this share of every training batch from slices with tumour (nnU-Net: 0.33; "
                         "default 0: batches as they come)")
