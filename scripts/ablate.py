@@ -73,7 +73,23 @@ def summary(report: dict) -> dict:
         table = report[name]
         row[name] = {key: {"mean": table["mean"][key], "sd": table["sd"][key]} for key in FIGURES}
     row["postprocess_chosen"] = report["postprocess"]["chosen"]["describe"]
+    row["per_patient_dice"] = report["default"]["per_patient_dice"]
     return row
+
+
+def paired(row: dict, baseline: dict) -> dict:
+    """The row minus the baseline in per-patient 3-D Dice (default post-processing), paired by
+    patient: same folds, so each patient was held out of the same training patients in both.
+    The standard error of the mean difference says whether a lever's gain is more than noise."""
+    import statistics
+
+    common = sorted(set(row["per_patient_dice"]) & set(baseline["per_patient_dice"]))
+    diffs = [row["per_patient_dice"][p] - baseline["per_patient_dice"][p] for p in common]
+    if len(diffs) < 2:
+        return {}
+    return {"patients": len(diffs), "mean": statistics.fmean(diffs),
+            "se": statistics.stdev(diffs) / len(diffs) ** 0.5,
+            "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
 
 
 def main(argv=None) -> dict:
@@ -103,6 +119,11 @@ def main(argv=None) -> dict:
                 continue
         results["rows"][name] = {"flags": flags, **summary(json.loads(report_path.read_text()))}
         write_json(out / "ablation.json", results)
+    baseline = results["rows"].get("baseline")
+    for name, row in results["rows"].items():
+        if baseline and name != "baseline" and "per_patient_dice" in row:
+            row["vs_baseline_patient_dice"] = paired(row, baseline)
+    write_json(out / "ablation.json", results)
     print(json.dumps(results, indent=2))
     return results
 
