@@ -87,6 +87,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto, off, bfloat16, float16
     strategy: str = "auto"  # auto, one-device, mirrored, multi-worker
     deterministic: bool = False  # op determinism for exact reruns
+    cache_slices: bool = True  # keep the resized training and validation slices in memory after epoch 1
     steps_per_execution: int = 1  # training steps per call into the graph (Keras compile)
     # outputs: saved_models/ and logs/ are created under this folder
     output_dir: str = "."

@@ -189,13 +189,13 @@ def training_data(config, splits, image_size: int, steps_per_epoch: int, session
     if config.foreground_share:
         train_ds = make_oversampled_pipeline(splits.dataset("train"), image_size=image_size,
                                              batch_size=config.batch_size, foreground_share=config.foreground_share,
-                                             seed=config.seed, augment=augment_fn)
+                                             seed=config.seed, augment=augment_fn, cache=config.cache_slices)
         fit_options["steps_per_epoch"] = steps_per_epoch  # the stream is endless
     else:
         train_ds = make_pipeline(splits.dataset("train"), image_size=image_size, batch_size=config.batch_size,
-                                 training=True, seed=config.seed, augment=augment_fn)
-    val_ds = make_pipeline(splits.dataset("val"), image_size=image_size,
-                           batch_size=config.batch_size) if splits.split["val"] else None
+                                 training=True, seed=config.seed, augment=augment_fn, cache=config.cache_slices)
+    val_ds = make_pipeline(splits.dataset("val"), image_size=image_size, batch_size=config.batch_size,
+                           cache=config.cache_slices) if splits.split["val"] else None
     if session.distribution.task.num_tasks > 1:
         train_ds = shard_by_data(train_ds)
         val_ds = shard_by_data(val_ds) if val_ds is not None else None

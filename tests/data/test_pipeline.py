@@ -44,6 +44,39 @@ def test_training_shuffle_is_seeded_and_reshuffles_each_epoch():
     assert first != second  # a new order each epoch
 
 
+class CountingSource:
+    """A source whose dataset counts the slices read from it (how often the shards are read)."""
+
+    def __init__(self):
+        self.source, self.reads = _source(), tf.Variable(0, dtype=tf.int64)
+
+    def dataset(self, ids):
+        def count(element):
+            self.reads.assign_add(1)
+            return element
+
+        return self.source.dataset(ids).map(count)
+
+
+@pytest.mark.parametrize("oversampled", [False, True])
+def test_cached_slices_are_read_once_and_train_the_same(oversampled):
+    ids = ["synth_000", "synth_001", "synth_002"]
+    counting = CountingSource()
+    options = dict(image_size=32, batch_size=4, seed=1)
+    if oversampled:
+        make = lambda source, cache: make_oversampled_pipeline(source.dataset(ids), foreground_share=0.5,
+                                                               cache=cache, **options).take(9)
+    else:
+        make = lambda source, cache: make_pipeline(source.dataset(ids), training=True, cache=cache, **options)
+    cached, plain = make(counting, True), make(_source(), False)
+    for epoch in range(3):
+        for (x, y), (x_plain, y_plain) in zip(cached, plain):
+            np.testing.assert_array_equal(x, x_plain)
+            np.testing.assert_array_equal(y, y_plain)
+    # Each stream reads the 12 slices once (the tumour stream filters them), never again.
+    assert int(counting.reads.numpy()) == (24 if oversampled else 12)
+
+
 def test_split_by_patient_has_no_leak(tiny_config):
     splits = load_splits(tiny_config, source=_source())
     names = ("train", "val", "test")

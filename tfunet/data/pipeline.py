@@ -42,7 +42,8 @@ def make_pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int, trai
     training: shuffle with `seed` (reshuffled each epoch) and apply `augment`, a function
         (dataset, seed) -> dataset made of graph ops.
     with_metadata: keep dict batches (with patient_id and slice) instead of (x, y) pairs.
-    cache: keep resized slices in memory after the first epoch.
+    cache: keep resized slices in memory after the first epoch, so later epochs neither read
+        nor filter the dataset's shards again (augmentation still draws afresh each epoch).
     """
     ds = ds.map(lambda e: resize_slice(e, image_size), num_parallel_calls=AUTOTUNE,
                 deterministic=True)
@@ -64,12 +65,12 @@ def has_tumour(element: dict):
 
 def make_oversampled_pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int,
                               foreground_share: float, seed: int = 42, augment=None,
-                              shuffle_buffer: int = 2048) -> tf.data.Dataset:
+                              cache: bool = False, shuffle_buffer: int = 2048) -> tf.data.Dataset:
     """An endless training stream in which round(foreground_share * batch_size) slices of every
     batch are drawn from the slices with tumour and the rest from all slices (nnU-Net draws a
     third of each batch from foreground). Two shuffled, augmented streams are batched apart and
     concatenated per batch, so the share is exact in every batch; `model.fit` then needs
-    `steps_per_epoch`. Batches are (x, y) pairs, tumour slices first."""
+    `steps_per_epoch`. Batches are (x, y) pairs, tumour slices first. cache: as `make_pipeline`."""
     num_foreground = round(foreground_share * batch_size)
     if not 0 < num_foreground <= batch_size:
         raise ValueError(f"foreground share {foreground_share} of batch {batch_size} draws "
@@ -77,6 +78,8 @@ def make_oversampled_pipeline(ds: tf.data.Dataset, *, image_size: int, batch_siz
 
     def stream(source, count, offset):
         source = source.map(lambda e: resize_slice(e, image_size), num_parallel_calls=AUTOTUNE)
+        if cache:
+            source = source.cache()
         source = source.repeat().shuffle(shuffle_buffer, seed=seed + offset, reshuffle_each_iteration=True)
         if augment is not None:
             source = augment(source, seed + offset)
