@@ -44,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--base", default=BASE, help=f"flags every row shares (default: {BASE})")
     p.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--markdown", action="store_true", help="print the table of rows as Markdown instead of JSON")
     return p.parse_args(argv)
 
 
@@ -92,6 +93,30 @@ def paired(row: dict, baseline: dict) -> dict:
             "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
 
 
+def markdown(results: dict) -> str:
+    """The rows as the Markdown table docs/performance.md shows (default post-processing)."""
+    def cell(row, key, percent=False):
+        mean, sd = row["default"][key]["mean"], row["default"][key]["sd"]
+        return f"{100 * mean:.1f}% ± {100 * sd:.1f}%" if percent else f"{mean:.3f} ± {sd:.3f}"
+
+    lines = ["| row | flags | per-patient 3-D Dice | median | Dice, tumour slices | empty slices with FP | "
+             "patients missed per fold | vs baseline, paired by patient | wall |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in results["rows"].items():
+        if "error" in row:
+            lines.append(f"| {name} | `{row['flags']}` | {row['error']} | | | | | | |")
+            continue
+        vs = row.get("vs_baseline_patient_dice") or {}
+        paired_cell = (f"{vs['mean']:+.3f} ± {vs['se']:.3f} (better {vs['better']}, worse {vs['worse']} of "
+                       f"{vs['patients']})" if vs else "")
+        flags = row["flags"].replace(results["base"], "").strip() or "(base)"
+        missed = row["default"]["missed_patients"]
+        lines.append(f"| {name} | `{flags}` | {cell(row, 'patient_dice_mean')} | {cell(row, 'patient_dice_median')} | "
+                     f"{cell(row, 'dice_tumour_slices')} | {cell(row, 'empty_slices_with_prediction', True)} | "
+                     f"{missed['mean']:.1f} ± {missed['sd']:.1f} | {paired_cell} | {row['wall_seconds'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out).expanduser()
@@ -124,7 +149,7 @@ def main(argv=None) -> dict:
         if baseline and name != "baseline" and "per_patient_dice" in row:
             row["vs_baseline_patient_dice"] = paired(row, baseline)
     write_json(out / "ablation.json", results)
-    print(json.dumps(results, indent=2))
+    print(markdown(results) if args.markdown else json.dumps(results, indent=2))
     return results
 
 
