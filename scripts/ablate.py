@@ -31,6 +31,10 @@ ROWS = {
     "deep_supervision": "--deep-supervision",
     "dice_per_slice": "--dice-per-slice",
     "augment_nnunet": "--augmentation nnunet",
+    # The headline pair (run with --base "" --reference recipe_original): the two named recipes,
+    # the original at the budget of issue 18 (10 epochs at base 16).
+    "recipe_original": "--recipe original --base-filters 16 --epochs 10",
+    "recipe_fast": "--recipe fast",
 }
 FIGURES = ("patient_dice_mean", "patient_dice_median", "dice_tumour_slices", "dice_pooled",
            "empty_slices_with_prediction", "missed_patients")
@@ -44,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--base", default=BASE, help=f"flags every row shares (default: {BASE})")
     p.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--reference", default="baseline", choices=sorted(ROWS),
+                   help="the row every other row is paired with (default: baseline)")
     p.add_argument("--markdown", action="store_true", help="print the table of rows as Markdown instead of JSON")
     return p.parse_args(argv)
 
@@ -100,7 +106,7 @@ def markdown(results: dict) -> str:
         return f"{100 * mean:.1f}% ± {100 * sd:.1f}%" if percent else f"{mean:.3f} ± {sd:.3f}"
 
     lines = ["| row | flags | per-patient 3-D Dice | median | Dice, tumour slices | empty slices with FP | "
-             "patients missed per fold | vs baseline, paired by patient | wall |",
+             f"patients missed per fold | vs {results.get('reference', 'baseline')}, paired by patient | wall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in results["rows"].items():
         if "error" in row:
@@ -144,9 +150,10 @@ def main(argv=None) -> dict:
                 continue
         results["rows"][name] = {"flags": flags, **summary(json.loads(report_path.read_text()))}
         write_json(out / "ablation.json", results)
-    baseline = results["rows"].get("baseline")
+    baseline = results["rows"].get(args.reference)
+    results["reference"] = args.reference
     for name, row in results["rows"].items():
-        if baseline and name != "baseline" and "per_patient_dice" in row:
+        if baseline and name != args.reference and "per_patient_dice" in row:
             row["vs_baseline_patient_dice"] = paired(row, baseline)
     write_json(out / "ablation.json", results)
     print(markdown(results) if args.markdown else json.dumps(results, indent=2))
