@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_runs import train_lgg  # noqa: E402
 
 BASE = "--image-size 128 --base-filters 16 --epochs 10"
 ROWS = {
@@ -139,14 +140,10 @@ def main(argv=None) -> dict:
         report_path = row_dir / "logs" / "cv_metrics.json"
         flags = f"{args.base} {ROWS[name]}".strip()
         if not report_path.is_file():
-            command = ["tfunet-train", "--dataset", "lgg", "--data-dir", args.data_dir, "--split-file", str(folds),
-                       "--seed", str(args.seed), "--output-dir", str(row_dir), *shlex.split(flags)]
-            print(f"ablate: {name}: {shlex.join(command)}", file=sys.stderr, flush=True)
-            with open(out / f"{name}.log", "a") as log:
-                done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-            if done.returncode:
-                results["rows"][name] = {"flags": flags, "error": f"exit {done.returncode}; see {out / name}.log"}
+            code = train_lgg(name, args.data_dir, folds, args.seed, row_dir, shlex.split(flags),
+                             out / f"{name}.log", append=True)
+            if code:
+                results["rows"][name] = {"flags": flags, "error": f"exit {code}; see {out / name}.log"}
                 continue
         results["rows"][name] = {"flags": flags, **summary(json.loads(report_path.read_text()))}
         write_json(out / "ablation.json", results)

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import machine  # noqa: E402
+from train_runs import train_lgg  # noqa: E402
 
 # The budget is 10 epochs of the original recipe at base 16 (the reference point).
 SIDES = {"original": "--recipe original --base-filters 16 --epochs 10", "fast": "--recipe fast"}
@@ -58,16 +57,11 @@ def prepare(args, out: Path) -> Path:
 
 def run_side(args, name: str, split: Path, out: Path) -> dict:
     flags = shlex.split(SIDES[name])
-    command = ["tfunet-train", "--dataset", "lgg", "--data-dir", args.data_dir, "--split-file", str(split),
-               "--seed", str(args.seed), "--output-dir", str(out / name), *flags]
-    print(f"recipe_budget: {name}: {shlex.join(command)}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    with open(out / f"{name}.log", "w") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    code = train_lgg(name, args.data_dir, split, args.seed, out / name, flags, out / f"{name}.log")
     seconds = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"recipe_budget: {name} failed (exit {done.returncode}); see {out / name}.log")
+    if code:
+        raise SystemExit(f"recipe_budget: {name} failed (exit {code}); see {out / name}.log")
     return {"flags": shlex.join(flags), "seconds": round(seconds, 1)}
 
 

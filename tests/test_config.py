@@ -69,6 +69,17 @@ def test_bad_values_are_explained(overrides, message):
         make_config(overrides)
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"dataset": "brats"}, "unknown dataset 'brats'; choose one of synthetic, lgg"),
+    ({"recipe": "slow"}, "unknown recipe 'slow'; choose one of original, fast"),
+])
+def test_names_are_checked_with_and_without_validation(fields, message):
+    with pytest.raises(TfunetError, match=message):
+        TrainConfig(**fields).validate()  # a config built by hand
+    with pytest.raises(TfunetError, match=message):
+        make_config(fields, validate=False)  # the names pick the defaults, so they fail early too
+
+
 @pytest.mark.parametrize("name, text, message", [
     ("missing.yaml", None, "config file not found"),
     ("bad.json", "{not json", "cannot parse config file"),

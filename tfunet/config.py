@@ -104,8 +104,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
-        if self.dataset not in DATASETS:
-            raise TfunetError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        check_known("dataset", self.dataset, DATASETS)
         for name in ("epochs", "batch_size", "num_patients", "slices_per_patient", "steps_per_execution"):
             if getattr(self, name) < 1:
                 raise TfunetError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -132,8 +131,8 @@ class TrainConfig:
         if self.deep_supervision and self.depth < 1 + max(AUX_LEVELS):
             raise TfunetError(f"--deep-supervision needs depth {1 + max(AUX_LEVELS)} or more "
                               f"(heads at 1/2 and 1/4 resolution), got depth {self.depth}")
-        if self.recipe and self.recipe not in RECIPES:
-            raise TfunetError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        if self.recipe:
+            check_known("recipe", self.recipe, RECIPES)
         if self.warmup_epochs >= self.epochs:
             raise TfunetError(f"warmup-epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
         for name, choices in CHOICES.items():
@@ -171,6 +170,13 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def check_known(kind: str, name: str, names) -> str:
+    """`name` if it is one of `names`, else the one-line error listing them."""
+    if name not in names:
+        raise TfunetError(f"unknown {kind} {name!r}; choose one of {', '.join(names)}")
+    return name
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -219,13 +225,10 @@ def make_config(overrides: dict[str, Any] | None = None, config_file: str | Path
     unknown = sorted(set(given) - set(FIELDS))
     if unknown:
         raise TfunetError(f"unknown option(s): {', '.join(u.replace('_', '-') for u in unknown)}")
-    dataset = given.get("dataset", TrainConfig.dataset)
-    if dataset not in PRESETS:
-        raise TfunetError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    # Checked here as well as in validate(): the names pick the defaults, even with validate=False.
+    dataset = check_known("dataset", given.get("dataset", TrainConfig.dataset), PRESETS)
     recipe = given.get("recipe") or ""
-    if recipe not in RECIPES and recipe:
-        raise TfunetError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    values = {**PRESETS[dataset], **RECIPES.get(recipe, {})}
+    values = {**PRESETS[dataset], **(RECIPES[check_known("recipe", recipe, RECIPES)] if recipe else {})}
     values.update({k: _coerce(k, v) for k, v in given.items()})
     config = TrainConfig(**values)
     return config.validate() if validate else config

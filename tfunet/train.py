@@ -241,16 +241,16 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
     if verbose and resumed:
         print(f"tfunet-train: resuming after epoch {resumed} from {backup_dir(log_dir)}")
     epochs_run = 0
+    truncate = bool(resumed)  # a kill may have logged epochs past the backup; done once
     for number, (size, first, end) in enumerate(phases):
         if resumed >= end:
             continue  # a finished phase; its last epoch is in the backup
         # Each size selects its best epoch among its own: validation Dice at 128 and at 256
         # are not comparable, and the saved model is the serving size's.
         best_so_far = None
-        if resumed and select:
-            best_so_far = truncate_log(log_dir / "train_log.csv", resumed, MONITOR, from_epoch=first)
-        elif resumed:
-            truncate_log(log_dir / "train_log.csv", resumed, MONITOR)
+        if truncate:
+            best = truncate_log(log_dir / "train_log.csv", resumed, MONITOR, from_epoch=first)
+            best_so_far, truncate = (best if select else None), False
         train_ds, val_ds, fit_options = training_data(config, splits, size, steps_per_epoch, session)
         last = number == len(phases) - 1
         # shuffle=False: the tf.data pipeline already shuffles, seeded (Keras would only warn).
