@@ -89,6 +89,7 @@ class TrainConfig:
     deterministic: bool = False  # op determinism for exact reruns
     cache_slices: bool = True  # keep the resized training and validation slices in memory after epoch 1
     steps_per_execution: int = 1  # training steps per call into the graph (Keras compile)
+    data_threads: int = 0  # a thread pool of this size for the input pipelines; 0: tf.data's default
     # outputs: saved_models/ and logs/ are created under this folder
     output_dir: str = "."
 
@@ -116,6 +117,8 @@ class TrainConfig:
         if self.foreground_share and not 1 <= round(self.foreground_share * self.batch_size) <= self.batch_size:
             raise TfunetError(f"foreground-share must be 0 or draw 1 to {self.batch_size} slices of a batch "
                               f"of {self.batch_size}, got {self.foreground_share}")
+        if self.data_threads < 0:
+            raise TfunetError(f"data-threads must be 0 (tf.data's default) or more, got {self.data_threads}")
         if self.folds < 0 or self.folds == 1:
             raise TfunetError(f"folds must be 0 (no cross-validation) or at least 2, got {self.folds}")
         if self.folds and self.strategy == "multi-worker":

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfunet.callbacks import BestModelCheckpoint, LearningRateLogger, LossCurvePlot
 from tfunet.data.augment import augment
-from tfunet.data.pipeline import make_oversampled_pipeline, make_pipeline
+from tfunet.data.pipeline import make_oversampled_pipeline, make_pipeline, with_threads
 from tfunet.data.sources import load_splits, tumour_burden
 from tfunet.data.split import write_split
 from tfunet.distribute import make_strategy, shard_by_data, worker_output_dir
@@ -196,6 +196,8 @@ def training_data(config, splits, image_size: int, steps_per_epoch: int, session
                                  training=True, seed=config.seed, augment=augment_fn, cache=config.cache_slices)
     val_ds = make_pipeline(splits.dataset("val"), image_size=image_size, batch_size=config.batch_size,
                            cache=config.cache_slices) if splits.split["val"] else None
+    train_ds = with_threads(train_ds, config.data_threads)
+    val_ds = with_threads(val_ds, config.data_threads) if val_ds is not None else None
     if session.distribution.task.num_tasks > 1:
         train_ds = shard_by_data(train_ds)
         val_ds = shard_by_data(val_ds) if val_ds is not None else None

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfunet.data.pipeline import make_oversampled_pipeline, make_pipeline, resize_slice
+from tfunet.data.augment import augment
+from tfunet.data.pipeline import make_oversampled_pipeline, make_pipeline, resize_slice, with_threads
 from tfunet.data.sources import load_splits
 from tfunet.data.synthetic import SyntheticSource
 from tfunet.errors import TfunetError
@@ -75,6 +76,17 @@ def test_cached_slices_are_read_once_and_train_the_same(oversampled):
             np.testing.assert_array_equal(y, y_plain)
     # Each stream reads the 12 slices once (the tumour stream filters them), never again.
     assert int(counting.reads.numpy()) == (24 if oversampled else 12)
+
+
+@pytest.mark.parametrize("threads, pool", [(0, None), (1, 1), (2, 2)])
+def test_data_threads_set_a_private_pool_and_keep_the_batches(threads, pool):
+    ds = _source().dataset(["synth_000", "synth_001"])
+    make = lambda: make_pipeline(ds, image_size=32, batch_size=4, training=True, seed=3, augment=augment)
+    pooled = with_threads(make(), threads)
+    assert pooled.options().threading.private_threadpool_size == pool
+    for (x, y), (x_default, y_default) in zip(pooled, make()):
+        np.testing.assert_array_equal(x, x_default)  # same seeded draws whatever the pool
+        np.testing.assert_array_equal(y, y_default)
 
 
 def test_split_by_patient_has_no_leak(tiny_config):

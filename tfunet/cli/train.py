@@ -68,6 +68,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
     p.add_argument("--steps-per-execution", type=int,
                    help="training steps per call into the TensorFlow graph (default 1; see docs/performance.md)")
+    p.add_argument("--data-threads", type=int,
+                   help="give the input pipelines a thread pool of this size (default 0: tf.data's own "
+                        "choice; see docs/performance.md)")
     p.add_argument("--no-cache-slices", dest="cache_slices", action="store_false", default=None,
                    help="read the training and validation slices from the dataset every epoch instead of "
                         "keeping them in memory after the first (256x256: about 0.26 MB a slice)")

@@ -59,6 +59,16 @@ def make_pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int, trai
     return ds.prefetch(AUTOTUNE)
 
 
+def with_threads(ds: tf.data.Dataset, threads: int) -> tf.data.Dataset:
+    """`ds` on a private pool of `threads` threads (0: unchanged). On few cores the input
+    pipeline competes with the model's ops for them; a small pool caps its share."""
+    if not threads:
+        return ds
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    return ds.with_options(options)
+
+
 def has_tumour(element: dict):
     return tf.reduce_any(element["mask"] > 0)
 
