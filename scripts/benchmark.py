@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import DEFAULT_DATA, images_per_second  # noqa: E402  (one definition of the timing)
+from bench_data import DEFAULT_DATA, throughput  # noqa: E402  (one definition of the timing)
 
 from tfunet.runtime import configure_tensorflow  # noqa: E402
 
@@ -115,7 +115,7 @@ def bench_pipeline(args) -> dict:
 def _pipeline_rate(source, args, make_pipeline, augment) -> float:
     ds = make_pipeline(source.dataset(sorted(source.patients())), image_size=args.image_size,
                        batch_size=args.batch_size, training=True, seed=0, augment=augment)
-    return images_per_second(ds, args.batches)
+    return throughput(ds, args.batches)[0]
 
 
 def machine() -> dict:
