@@ -61,3 +61,25 @@ def test_loss_curve_plot_reads_the_csv(tmp_path):
     LossCurvePlot(csv, tmp_path / "curves.png").on_epoch_end(1)
     data = (tmp_path / "curves.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_loss_curve_plot_skips_epochs_that_did_not_validate(tmp_path, monkeypatch):
+    """--validate-every leaves "NA" in the CSV: the validation curves join the epochs that have a
+    value instead of showing NaN gaps."""
+    import matplotlib.axes
+
+    drawn = {}
+    original = matplotlib.axes.Axes.plot
+
+    def record(self, x, y, *args, label=None, **kwargs):
+        drawn[label] = (list(x), list(y))
+        return original(self, x, y, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    csv = tmp_path / "train_log.csv"
+    csv.write_text("epoch,loss,val_loss,val_dice_pooled\n0,1.0,1.1,0.2\n1,0.8,NA,NA\n2,0.7,0.9,0.5\n")
+    LossCurvePlot(csv, tmp_path / "curves.png").on_epoch_end(2)
+    assert drawn["train loss"] == ([1, 2, 3], [1.0, 0.8, 0.7])
+    assert drawn["val loss"] == ([1, 3], [1.1, 0.9])
+    assert drawn["val Dice (pooled)"] == ([1, 3], [0.2, 0.5])
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

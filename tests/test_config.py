@@ -57,6 +57,7 @@ def test_int_in_file_is_accepted_for_float_option(tmp_path):
     ({"foreground_share": 0.01}, "foreground-share must be 0 or draw 1 to 16 slices of a batch of 16"),
     ({"foreground_share": 1.5}, "foreground-share must be 0 or draw 1 to 16"),
     ({"steps_per_execution": 0}, "steps-per-execution must be at least 1"),
+    ({"validate_every": 0}, "validate-every must be at least 1, got 0"),
     ({"data_threads": -1}, "data-threads must be 0 \\(tf.data's default\\) or more, got -1"),
     ({"coarse_size": 64}, "--coarse-size and --coarse-epochs go together"),
     ({"coarse_size": 64, "coarse_epochs": 8, "epochs": 8}, "coarse-epochs must be between 1 and epochs - 1 \\(7\\)"),

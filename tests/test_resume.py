@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tfunet.config import make_config
+from tfunet.config import EXECUTION_ONLY, make_config
 from tfunet.errors import TfunetError
 from tfunet.metadata import read_metadata
 from tfunet.fileio import write_json
@@ -28,6 +28,7 @@ def _log(tmp_path, rows):
     (["0,1.0,0.2", "1,0.9,0.5", "2,0.8,0.7"], 2, ["0", "1"], 0.7),  # epoch 2 saved its model, then died
     (["0,1.0,0.2", "1,0.9,nan", "2,0.8"], 3, ["0", "1"], 0.2),  # NaN ignored, a row cut short dropped
     (["0,1.0,0.3", "1,0.9,0.1"], 2, ["0", "1"], 0.3),
+    (["0,1.0,0.3", "1,0.9,NA", "2,0.8,0.4"], 3, ["0", "1", "2"], 0.4),  # epoch 1 did not validate
     ([], 1, [], None),
 ])
 def test_truncate_log_keeps_backed_up_epochs_and_returns_the_best(tmp_path, rows, epochs, kept, best):
@@ -49,6 +50,19 @@ def test_prepare_resume_refuses_other_options(tmp_path):
     assert prepare_resume(tmp_path, config) == 2
     with pytest.raises(TfunetError, match=r"used other options \(epochs, lr\); rerun the same command"):
         prepare_resume(tmp_path, {**config, "epochs": 6, "lr": 0.1})
+
+
+def test_prepare_resume_ignores_options_that_only_change_execution(tmp_path):
+    """A backup resumes with another --validate-every, --data-threads, ... (and from a version
+    that lacked one of them), never with another learning rate."""
+    config = make_config({"epochs": 5}).to_dict()
+    old = {k: v for k, v in config.items() if k != "validate_every"}
+    prepare_resume(tmp_path, old)
+    (tmp_path / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    faster = {**config, "validate_every": 4, "data_threads": 1, "cache_slices": False}
+    assert prepare_resume(tmp_path, faster, ignore=EXECUTION_ONLY) == 2
+    with pytest.raises(TfunetError, match=r"used other options \(lr\)"):
+        prepare_resume(tmp_path, {**faster, "lr": 0.1}, ignore=EXECUTION_ONLY)
 
 
 def test_resume_refuses_a_backup_made_under_another_policy(tiny_config):

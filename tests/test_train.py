@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import re
@@ -145,6 +146,35 @@ def test_training_options_keep_the_epoch_and_its_log(tiny_config, options):
     rows = (tiny_config.log_dir / "train_log.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "val_dice_pooled" in rows[0] and "learning_rate" in rows[0]
     assert (tiny_config.model_dir / "best_model.keras").is_file()
+
+
+@pytest.mark.parametrize("first, end, every, epochs", [
+    (0, 10, 1, list(range(1, 11))),
+    (0, 10, 4, [1, 4, 8, 10]),
+    (3, 10, 4, [4, 8, 10]),  # resumed after epoch 3: its first epoch validates, for the CSV columns
+    (0, 32, 8, [1, 8, 16, 24, 32]),
+    (10, 12, 5, [11, 12]),  # a fine stage after 10 coarse epochs
+    (0, 1, 3, [1]),
+])
+def test_validation_epochs(first, end, every, epochs):
+    from tfunet.train import validation_epochs
+
+    assert validation_epochs(first, end, every) == epochs
+
+
+def test_validate_every_keeps_the_csv_columns_and_selects_among_validated_epochs(tiny_config):
+    from tfunet.train import train
+
+    tiny_config.epochs, tiny_config.validate_every = 4, 3
+    train(tiny_config, verbose=0)
+    with (tiny_config.log_dir / "train_log.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert "learning_rate" in reader.fieldnames and not any(k.startswith("val_learning") for k in reader.fieldnames)
+    assert [r["val_dice_pooled"] == "NA" for r in rows] == [False, True, False, False]
+    assert all(r["loss"] != "NA" for r in rows)
+    best = read_metadata(tiny_config.model_dir / "best_model.keras")["best"]
+    assert best["epoch"] in (1, 3, 4)
 
 
 def test_foreground_share_without_tumour_is_a_clear_error(tiny_config, monkeypatch):

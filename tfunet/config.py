@@ -90,6 +90,7 @@ class TrainConfig:
     cache_slices: bool = True  # keep the resized training and validation slices in memory after epoch 1
     steps_per_execution: int = 1  # training steps per call into the graph (Keras compile)
     data_threads: int = 0  # a thread pool of this size for the input pipelines; 0: tf.data's default
+    validate_every: int = 1  # validate every k-th epoch (and always the first and last of each fit)
     # outputs: saved_models/ and logs/ are created under this folder
     output_dir: str = "."
 
@@ -106,7 +107,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         check_known("dataset", self.dataset, DATASETS)
-        for name in ("epochs", "batch_size", "num_patients", "slices_per_patient", "steps_per_execution"):
+        for name in ("epochs", "batch_size", "num_patients", "slices_per_patient", "steps_per_execution",
+                     "validate_every"):
             if getattr(self, name) < 1:
                 raise TfunetError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         check_unet_args(self.image_size, self.depth, self.base_filters, self.upsampling, self.dropout)
@@ -173,6 +175,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+# How a run executes, not what it learns: a backup made with other values of these still resumes.
+EXECUTION_ONLY = ("cache_slices", "steps_per_execution", "data_threads", "validate_every")
 
 
 def check_known(kind: str, name: str, names) -> str:

@@ -31,6 +31,13 @@ def read_log(csv_path: str | Path) -> dict[str, list[float]]:
     return columns
 
 
+def _logged(epochs: list[int], values: list[float]) -> tuple[list[int], list[float]]:
+    """The epochs that logged a value: with --validate-every, the others hold "NA", and a line
+    drawn through NaN would show only isolated points."""
+    pairs = [(e, v) for e, v in zip(epochs, values) if v == v]
+    return [e for e, _ in pairs], [v for _, v in pairs]
+
+
 def plot_loss_curves(csv_path: str | Path, png_path: str | Path) -> Path:
     """Draw train/val loss and val Dice per epoch from the CSV log."""
     log = read_log(csv_path)
@@ -38,16 +45,16 @@ def plot_loss_curves(csv_path: str | Path, png_path: str | Path) -> Path:
         raise TfunetError(f"training log {csv_path} has no epochs yet")
     epochs = [int(e) + 1 for e in log["epoch"]]
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(epochs, log["loss"], "o-", label="train loss")
+    ax_loss.plot(*_logged(epochs, log["loss"]), "o-", label="train loss")
     if "val_loss" in log:
-        ax_loss.plot(epochs, log["val_loss"], "o-", label="val loss")
+        ax_loss.plot(*_logged(epochs, log["val_loss"]), "o-", label="val loss")
     ax_loss.set(xlabel="epoch", ylabel="BCE + Dice loss", title="Loss")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
     for key, label in (("val_dice_pooled", "val Dice (pooled)"), ("val_dice", "val Dice (per slice)"),
                        ("dice_pooled", "train Dice (pooled)")):
         if key in log:
-            ax_dice.plot(epochs, log[key], "o-", label=label)
+            ax_dice.plot(*_logged(epochs, log[key]), "o-", label=label)
     ax_dice.set(xlabel="epoch", ylabel="Dice", title="Dice", ylim=(0, 1))
     ax_dice.legend()
     ax_dice.grid(alpha=0.3)

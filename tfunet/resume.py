@@ -56,11 +56,12 @@ def backed_up_epoch(directory: str | Path) -> int:
         raise TfunetError(f"unreadable training backup {path}; delete {path.parent} to start afresh") from None
 
 
-def prepare_resume(directory: str | Path, config_dict: dict) -> int:
+def prepare_resume(directory: str | Path, config_dict: dict, ignore=()) -> int:
     """The number of epochs to resume after (0: a fresh start).
 
     Refuses to resume a backup made with other options (the weights or the learning-rate
-    schedule would not fit); a fresh start records the options beside the backup.
+    schedule would not fit), except those in `ignore`, which only change how the run executes;
+    a fresh start records the options beside the backup.
     """
     epochs = backed_up_epoch(directory)
     path = Path(directory) / CONFIG_FILE
@@ -68,7 +69,8 @@ def prepare_resume(directory: str | Path, config_dict: dict) -> int:
         write_json(path, config_dict)
         return 0
     saved = json.loads(path.read_text()) if path.is_file() else config_dict
-    changed = sorted(k for k in set(saved) | set(config_dict) if saved.get(k) != config_dict.get(k))
+    changed = sorted(k for k in (set(saved) | set(config_dict)) - set(ignore)
+                     if saved.get(k) != config_dict.get(k))
     if changed:
         raise TfunetError(
             f"the run backed up in {directory} used other options ({', '.join(changed)}); "
@@ -92,9 +94,13 @@ def truncate_log(csv_path: str | Path, epochs: int, monitor: str, mode: str = "m
         if None in row.values():
             continue  # a row cut short by the kill
         try:
-            epoch, value = int(row["epoch"]), float(row.get(monitor) or "nan")
+            epoch = int(row["epoch"])
         except ValueError:
             continue
+        try:
+            value = float(row.get(monitor) or "nan")
+        except ValueError:  # "NA": an epoch that did not validate (--validate-every)
+            value = math.nan
         if math.isfinite(value) and epoch >= from_epoch:
             values.append(value)
         if epoch < epochs:

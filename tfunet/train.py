@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from tfunet.callbacks import BestModelCheckpoint, LearningRateLogger, LossCurvePlot
+from tfunet.config import EXECUTION_ONLY
 from tfunet.data.augment import augment
 from tfunet.data.pipeline import make_oversampled_pipeline, make_pipeline, with_threads
 from tfunet.data.sources import load_splits, tumour_burden
@@ -91,6 +92,13 @@ def make_callbacks(metadata: dict, model_dir: Path, log_dir: Path, resumed: bool
         *(extra or []),
         AtomicBackupAndRestore(str(backup_dir(log_dir)), delete_checkpoint=not keep_backup),
     ]
+
+
+def validation_epochs(first: int, end: int, every: int) -> list[int]:
+    """The 1-based epochs of a fit over epochs first+1..end that validate: every `every`-th, and
+    always the first (Keras's CSVLogger takes its columns from the first epoch it logs) and the
+    last (the epoch a run without selection keeps; with selection, it is always a candidate)."""
+    return sorted({first + 1, end, *range(every, end + 1, every)} & set(range(first + 1, end + 1)))
 
 
 @dataclasses.dataclass
@@ -239,7 +247,7 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
                              selection="best validation epoch" if select else "last epoch",
                              **(extra_metadata or {}))
     # The resolved policy is compared too: `auto` may mean bfloat16 on one machine, float32 on another.
-    resumed = prepare_resume(backup_dir(log_dir), {**resume_key, "policy": policy})
+    resumed = prepare_resume(backup_dir(log_dir), {**resume_key, "policy": policy}, ignore=EXECUTION_ONLY)
     if verbose and resumed:
         print(f"tfunet-train: resuming after epoch {resumed} from {backup_dir(log_dir)}")
     epochs_run = 0
@@ -257,6 +265,7 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
         last = number == len(phases) - 1
         # shuffle=False: the tf.data pipeline already shuffles, seeded (Keras would only warn).
         history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end, shuffle=False,
+                            validation_freq=validation_epochs(max(first, resumed), end, config.validate_every),
                             callbacks=make_callbacks(metadata, model_dir, log_dir, bool(resumed or first),
                                                      best_so_far, MONITOR if select else None, callbacks,
                                                      keep_backup=not last),

@@ -68,6 +68,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
     p.add_argument("--steps-per-execution", type=int,
                    help="training steps per call into the TensorFlow graph (default 1; see docs/performance.md)")
+    p.add_argument("--validate-every", type=int, metavar="K",
+                   help="validate every K-th epoch, and always the first and the last (default 1: every "
+                        "epoch); the other epochs log NA in the CSV. Saves most of the validation time of "
+                        "cross-validation, whose held-out folds only draw curves")
     p.add_argument("--data-threads", type=int,
                    help="give the input pipelines a thread pool of this size (default 0: tf.data's own "
                         "choice; see docs/performance.md)")
