@@ -85,14 +85,14 @@ def summary(report: dict) -> dict:
     return row
 
 
-def paired(row: dict, baseline: dict) -> dict:
-    """The row minus the baseline in per-patient 3-D Dice (default post-processing), paired by
-    patient: same folds, so each patient was held out of the same training patients in both.
+def paired(row: dict, reference: dict) -> dict:
+    """The row minus the reference row in per-patient 3-D Dice (default post-processing), paired
+    by patient: same folds, so each patient was held out of the same training patients in both.
     The standard error of the mean difference says whether a lever's gain is more than noise."""
     import statistics
 
-    common = sorted(set(row["per_patient_dice"]) & set(baseline["per_patient_dice"]))
-    diffs = [row["per_patient_dice"][p] - baseline["per_patient_dice"][p] for p in common]
+    common = sorted(set(row["per_patient_dice"]) & set(reference["per_patient_dice"]))
+    diffs = [row["per_patient_dice"][p] - reference["per_patient_dice"][p] for p in common]
     if len(diffs) < 2:
         return {}
     return {"patients": len(diffs), "mean": statistics.fmean(diffs),
@@ -107,13 +107,13 @@ def markdown(results: dict) -> str:
         return f"{100 * mean:.1f}% ± {100 * sd:.1f}%" if percent else f"{mean:.3f} ± {sd:.3f}"
 
     lines = ["| row | flags | per-patient 3-D Dice | median | Dice, tumour slices | empty slices with FP | "
-             f"patients missed per fold | vs {results.get('reference', 'baseline')}, paired by patient | wall |",
+             f"patients missed per fold | vs {results['reference']}, paired by patient | wall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in results["rows"].items():
         if "error" in row:
             lines.append(f"| {name} | `{row['flags']}` | {row['error']} | | | | | | |")
             continue
-        vs = row.get("vs_baseline_patient_dice") or {}
+        vs = row.get("vs_reference_patient_dice") or {}
         paired_cell = (f"{vs['mean']:+.3f} ± {vs['se']:.3f} (better {vs['better']}, worse {vs['worse']} of "
                        f"{vs['patients']})" if vs else "")
         flags = row["flags"].replace(results["base"], "").strip() or "(base)"
@@ -147,11 +147,11 @@ def main(argv=None) -> dict:
                 continue
         results["rows"][name] = {"flags": flags, **summary(json.loads(report_path.read_text()))}
         write_json(out / "ablation.json", results)
-    baseline = results["rows"].get(args.reference)
+    reference = results["rows"].get(args.reference)
     results["reference"] = args.reference
     for name, row in results["rows"].items():
-        if baseline and name != args.reference and "per_patient_dice" in row:
-            row["vs_baseline_patient_dice"] = paired(row, baseline)
+        if reference and name != args.reference and "per_patient_dice" in row:
+            row["vs_reference_patient_dice"] = paired(row, reference)
     write_json(out / "ablation.json", results)
     print(markdown(results) if args.markdown else json.dumps(results, indent=2))
     return results

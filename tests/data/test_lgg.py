@@ -226,3 +226,11 @@ def test_cli_reports_data_dir_errors_in_one_line(tmp_path, capsys):
     argv = ["--dataset", "lgg", "--data-dir", str(empty), "--output-dir", str(tmp_path / "out")]
     assert main(argv) == 2
     assert capsys.readouterr().err == f"tfunet-train: error: data folder is empty: {empty}\n"
+
+
+def test_preparation_keeps_stdout_for_results(make_lgg_folder, tmp_path, capsys):
+    """TFDS announces "Downloading and preparing" (it reads the local folder); commands print
+    their JSON on stdout, so the announcement goes to stderr."""
+    LGGSource(make_lgg_folder(patients=2, slices=1), tmp_path / "cache")
+    out, err = capsys.readouterr()
+    assert "preparing" not in out and "Downloading and preparing dataset" in err

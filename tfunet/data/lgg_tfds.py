@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -166,9 +168,12 @@ def prepare(source: Location, cache_dir: str | Path | None = None,
                                  data_dir=os.path.expanduser(str(cache_dir or DEFAULT_CACHE)))
     if not interactive():  # TFDS's bars would fill a log file with redraws
         tfds.disable_progress_bar()
+    # TFDS prints "Downloading and preparing ..." (it only reads the local folder) to stdout,
+    # where commands and benchmarks print their JSON: send it to stderr.
     try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            try_download_gcs=False, manual_dir=str(source.path)))
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                try_download_gcs=False, manual_dir=str(source.path)))
     except BadFile as exc:
         report_bad([(exc.path, exc.reason)], skip_bad=False)
     return builder
