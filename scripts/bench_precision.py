@@ -1,12 +1,14 @@
-"""Is bfloat16 training as good as float32? Paired runs by seed, best validation Dice per policy.
+"""Is bfloat16 training as good as float32? Paired runs by seed, best validation Dice per arm.
 
 For each seed, trains the same config twice, once under float32 (`--mixed-precision off`) and
 once under bfloat16, and records the best validation pooled Dice of each. Prints JSON with the
-per-run rows, the mean per policy and the paired difference (bfloat16 - float32) mean +- sd,
+per-run rows, the mean per arm and the paired difference (bfloat16 - float32) mean +- sd,
 and a verdict by the rule tfunet's `auto` follows:
   * bfloat16 worse by more than 0.01 and by more than the sd: `auto` must not train in it;
   * |difference| < sd: no measurable difference;
   * otherwise: the difference as measured.
+`--arms A B` compares any two settings the same way (B - A), e.g. a speed lever before it
+becomes a default: `--arms fused_batch_norm=false fused_batch_norm=true`.
 Rows are written to --output after every run, and a rerun skips the rows already there, so a
 killed run resumes. On a CPU without bfloat16 instructions bfloat16 is emulated (~15x slower);
 --bf16-xla (default there) compiles the bfloat16 arm with XLA, which emulates it faster.
@@ -33,7 +35,7 @@ from tfunet.runtime import configure_tensorflow  # noqa: E402
 
 configure_tensorflow()  # before TensorFlow starts, as every tfunet command does
 
-POLICIES = ("off", "bfloat16")
+ARMS = ("mixed_precision=off", "mixed_precision=bfloat16")
 LGG_BUDGET = dict(image_size=128, base_filters=16, epochs=10)
 
 
@@ -46,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, help="default: the dataset preset (synthetic) or 10 (lgg)")
     p.add_argument("--bf16-xla", choices=("auto", "on", "off"), default="auto",
                    help="XLA for the bfloat16 arm (auto: on where the CPU has no bfloat16 instructions)")
+    p.add_argument("--arms", nargs=2, default=list(ARMS), metavar=("A=VALUE", "B=VALUE"),
+                   help="the two tfunet-train settings compared, B - A (default: float32, then bfloat16)")
     p.add_argument("--output", required=True, help="JSON file; finished rows in it are skipped")
     return p.parse_args(argv)
 
@@ -56,17 +60,31 @@ def cpu_has_bfloat16() -> bool:
     return bool(BF16_CPU_FLAGS & cpu_flags())
 
 
-def run_one(args, seed: int, precision: str) -> dict:
+def arm_options(arm: str) -> dict:
+    key, sep, value = arm.partition("=")
+    if not sep:
+        raise SystemExit(f"bench_precision: an arm is OPTION=VALUE, got {arm!r}")
+    return {key.replace("-", "_"): value}
+
+
+def arm_of(row: dict) -> str:
+    """The row's arm (rows written before --arms existed name their policy only)."""
+    return row.get("arm") or f"mixed_precision={row['precision']}"
+
+
+def run_one(args, seed: int, arm: str) -> dict:
     import keras
 
     from tfunet.config import make_config
     from tfunet.metadata import read_metadata
     from tfunet.train import train
 
+    options = arm_options(arm)
     xla = args.bf16_xla == "on" or (args.bf16_xla == "auto" and not cpu_has_bfloat16())
+    bfloat16 = options.get("mixed_precision") == "bfloat16"
     overrides = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir,
-                 "seed": seed, "mixed_precision": precision,
-                 "jit_compile": "on" if precision == "bfloat16" and xla else "off"}
+                 "seed": seed, "mixed_precision": "auto",
+                 "jit_compile": "on" if bfloat16 and xla else "off", **options}
     if args.dataset == "lgg":
         overrides.update(LGG_BUDGET)
     if args.epochs:
@@ -76,17 +94,18 @@ def run_one(args, seed: int, precision: str) -> dict:
         config = make_config({**overrides, "output_dir": out})
         results = train(config, verbose=0)
         meta = read_metadata(config.model_dir / "best_model.keras")
-    return {"seed": seed, "precision": precision, "policy": meta["policy"], "xla": config.jit_compile == "on",
+    return {"seed": seed, "arm": arm, "policy": meta["policy"], "xla": config.jit_compile == "on",
             "best_val_dice_pooled": round(meta["best"]["val_dice_pooled"], 4),
             "best_epoch": meta["best"]["epoch"], "epochs": config.epochs, "image_size": config.image_size,
             "base_filters": config.base_filters, "train_seconds": results["train_seconds"]}
 
 
-def summarize(rows: list[dict]) -> dict:
-    by = {(r["seed"], r["precision"]): r["best_val_dice_pooled"] for r in rows}
-    seeds = sorted({s for s, _ in by if all((s, p) in by for p in POLICIES)})
-    out = {p: round(statistics.mean(by[s, p] for s in seeds), 4) if seeds else None for p in POLICIES}
-    diffs = [by[s, "bfloat16"] - by[s, "off"] for s in seeds]
+def summarize(rows: list[dict], arms) -> dict:
+    first, second = arms
+    by = {(r["seed"], arm_of(r)): r["best_val_dice_pooled"] for r in rows}
+    seeds = sorted({s for s, _ in by if all((s, a) in by for a in arms)})
+    out = {a: round(statistics.mean(by[s, a] for s in seeds), 4) if seeds else None for a in arms}
+    diffs = [by[s, second] - by[s, first] for s in seeds]
     out["paired_seeds"] = seeds
     if len(diffs) < 2:
         out["verdict"] = "needs at least two paired seeds"
@@ -94,11 +113,11 @@ def summarize(rows: list[dict]) -> dict:
     mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
     out.update(difference_mean=round(mean, 4), difference_sd=round(sd, 4))
     if mean < -0.01 and -mean > sd:
-        out["verdict"] = "bfloat16 is worse: auto must not train in it"
+        out["verdict"] = f"{second} is worse: not a default"
     elif abs(mean) < sd:
         out["verdict"] = "no measurable difference"
     else:
-        out["verdict"] = f"bfloat16 - float32 = {mean:+.4f} (sd {sd:.4f})"
+        out["verdict"] = f"{second} - {first} = {mean:+.4f} (sd {sd:.4f})"
     return out
 
 
@@ -106,20 +125,22 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     output = Path(args.output)
     rows = json.loads(output.read_text())["runs"] if output.is_file() else []
-    done = {(r["seed"], r["precision"]) for r in rows}
+    done = {(r["seed"], arm_of(r)) for r in rows}
     machine = {"cpu": cpu_description()["model"], "cores": os.cpu_count(),
                "bfloat16_instructions": cpu_has_bfloat16()}
     for seed in args.seeds:
-        for precision in POLICIES:
-            if (seed, precision) in done:
+        for arm in args.arms:
+            if (seed, arm) in done:
                 continue
-            rows.append(run_one(args, seed, precision))
+            rows.append(run_one(args, seed, arm))
             print(json.dumps(rows[-1]), file=sys.stderr)
-            result = {"dataset": args.dataset, "machine": machine, "runs": rows, "summary": summarize(rows)}
+            result = {"dataset": args.dataset, "machine": machine, "arms": args.arms, "runs": rows,
+                      "summary": summarize(rows, args.arms)}
             tmp = output.with_name(f".{output.name}.tmp")
             tmp.write_text(json.dumps(result, indent=2) + "\n")
             os.replace(tmp, output)
-    result = {"dataset": args.dataset, "machine": machine, "runs": rows, "summary": summarize(rows)}
+    result = {"dataset": args.dataset, "machine": machine, "arms": args.arms, "runs": rows,
+              "summary": summarize(rows, args.arms)}
     print(json.dumps(result, indent=2))
     return result
 

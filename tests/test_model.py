@@ -74,8 +74,8 @@ def test_unet_is_a_registered_keras_object_with_a_complete_config(tmp_path):
     model = UNet(image_size=32, depth=2, base_filters=4, dropout=0.1, upsampling="bilinear")
     config = model.get_config()
     assert config == {"image_size": 32, "channels": 3, "depth": 2, "base_filters": 4, "batch_norm": True,
-                      "dropout": 0.1, "upsampling": "bilinear", "policy": "float32", "name": "unet",
-                      "trainable": True}
+                      "dropout": 0.1, "upsampling": "bilinear", "policy": "float32",
+                      "fused_batch_norm": True, "name": "unet", "trainable": True}
     clone = UNet.from_config(config)
     assert clone.count_params() == model.count_params()
     model.save(tmp_path / "m.keras")
@@ -83,6 +83,28 @@ def test_unet_is_a_registered_keras_object_with_a_complete_config(tmp_path):
     assert isinstance(reloaded, UNet) and reloaded.get_config() == config
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(reloaded(x), model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("fused, layer_module", [(True, "tfunet.layers"), (False, "keras")])
+def test_fused_batch_norm_chooses_the_normalization_layer_and_survives_a_reload(tmp_path, fused, layer_module):
+    model = UNet(image_size=32, depth=2, base_filters=4, fused_batch_norm=fused)
+    assert type(model.get_layer("enc0_bn1")).__module__.startswith(layer_module)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(reloaded.get_layer("enc0_bn1")).__module__.startswith(layer_module)
+
+
+@pytest.mark.parametrize("saved_fused", [False, True])
+def test_weight_files_move_between_fused_and_keras_batch_norm(tmp_path, saved_fused):
+    """Checkpoints and training backups made with one layer load into the other (a `.keras` file
+    from before the fused layer existed loads into today's default)."""
+    x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    saved = UNet(image_size=32, depth=2, base_filters=4, fused_batch_norm=saved_fused)
+    saved(x, training=True)  # moves the batch-norm statistics away from their initial values
+    saved.save_weights(tmp_path / "m.weights.h5")
+    loaded = UNet(image_size=32, depth=2, base_filters=4, fused_batch_norm=not saved_fused)
+    loaded.load_weights(tmp_path / "m.weights.h5")
+    np.testing.assert_allclose(loaded(x, training=False), saved(x, training=False), atol=1e-4)
 
 
 def test_rebuild_under_another_policy_is_from_config_plus_weights():

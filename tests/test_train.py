@@ -113,6 +113,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert err[0].startswith("tfunet-train: error: ") and message in err[0]
 
 
+@pytest.mark.parametrize("argv, expected", [([], True), (["--no-fused-batch-norm"], False)])
+def test_fused_batch_norm_is_the_default_and_a_flag_turns_it_off(argv, expected):
+    from tfunet.cli.train import build_parser
+
+    args = vars(build_parser().parse_args(argv))
+    assert make_config({k: v for k, v in args.items() if k != "config"}).fused_batch_norm is expected
+
+
 def test_help_and_bad_flags_answer_without_tensorflow():
     """`tfunet-train --help` and argument errors never wait for TensorFlow or Keras."""
     script = (
@@ -133,10 +141,11 @@ def test_help_and_bad_flags_answer_without_tensorflow():
     assert "image-size 30 is not divisible" in out.stderr
 
 
-@pytest.mark.parametrize("options", [{"foreground_share": 0.5}, {"steps_per_execution": 2}])
+@pytest.mark.parametrize("options", [{"foreground_share": 0.5}, {"steps_per_execution": 2},
+                                     {"fused_batch_norm": False}])
 def test_training_options_keep_the_epoch_and_its_log(tiny_config, options):
-    """Oversampling (an endless stream, sized by steps_per_epoch) and several steps per execution
-    train the same epochs and write the same CSV columns."""
+    """Oversampling (an endless stream, sized by steps_per_epoch), several steps per execution and
+    Keras's batch norm train the same epochs and write the same CSV columns."""
     from tfunet.train import train
 
     for key, value in options.items():

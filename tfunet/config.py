@@ -91,6 +91,7 @@ class TrainConfig:
     steps_per_execution: int = 1  # training steps per call into the graph (Keras compile)
     data_threads: int = 0  # a thread pool of this size for the input pipelines; 0: tf.data's default
     validate_every: int = 1  # validate every k-th epoch (and always the first and last of each fit)
+    fused_batch_norm: bool = True  # batch norm as one TensorFlow op (tfunet.layers); same weights and math
     # outputs: saved_models/ and logs/ are created under this folder
     output_dir: str = "."
 
@@ -177,7 +178,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 # How a run executes, not what it learns: a backup made with other values of these still resumes.
-EXECUTION_ONLY = ("cache_slices", "steps_per_execution", "data_threads", "validate_every")
+EXECUTION_ONLY = ("cache_slices", "steps_per_execution", "data_threads", "validate_every", "fused_batch_norm")
 
 
 def check_known(kind: str, name: str, names) -> str:
