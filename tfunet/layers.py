@@ -4,8 +4,8 @@ Keras 3's `BatchNormalization` casts bfloat16 activations to float32, computes t
 the normalization as separate element-wise ops, and casts back: several passes over every
 activation map, forwards and backwards. TensorFlow's `FusedBatchNormV3` does it in one op per
 direction (oneDNN's kernel on x86), reading bfloat16 and accumulating in float32. On 2 cores of a
-bfloat16-capable AMD EPYC a training step of the 256×256 U-Net took 1.6× less time at base 16 and
-1.3× less at base 32, 1.26× less in float32 (docs/performance.md, `scripts/bench_step.py`).
+bfloat16-capable AMD EPYC a training step of the 256×256 U-Net ran 1.46× faster at base 16 and
+1.33× at base 32, 1.34× in float32 (docs/performance.md, `scripts/bench_step.py`).
 
 The layer is a `BatchNormalization` with the same weights and config, and it keeps the class name
 because Keras files its weights under the class name: `.keras` files, weight files and training

@@ -80,7 +80,7 @@ def build_parser() -> ArgumentParser:
                         "keeping them in memory after the first (256x256: about 0.26 MB a slice)")
     p.add_argument("--no-fused-batch-norm", dest="fused_batch_norm", action="store_false", default=None,
                    help="use Keras's BatchNormalization instead of tfunet's fused one (same weights and "
-                        "math; the fused op trained 1.3-1.6x faster on CPUs, see docs/performance.md)")
+                        "math; the fused op trained 1.3-1.5x faster on the CPU measured, see docs/performance.md)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="enable op determinism for exact reruns (slower)")
     p.add_argument("--output-dir", help="saved_models/ and logs/ are written under it (default .)")
