@@ -9,8 +9,9 @@ bfloat16-capable AMD EPYC a training step of the 256×256 U-Net ran 1.46× faste
 
 The layer is a `BatchNormalization` with the same weights and config, and it keeps the class name
 because Keras files its weights under the class name: `.keras` files, weight files and training
-backups move between the two layers in both directions. One difference: the moving variance is updated with the unbiased batch variance
-(n/(n-1); n is at least 4,096 pixels in this U-Net), as Keras 2's fused layer did.
+backups move between the two layers in both directions. One difference: the moving variance is
+updated with the unbiased batch variance (n/(n-1), n = batch × height × width: 4,096 at the
+bottleneck of a 256×256 batch of 16), as Keras 2's fused layer did.
 """
 
 from __future__ import annotations
