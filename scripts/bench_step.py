@@ -34,9 +34,6 @@ from tfunet.runtime import configure_tensorflow  # noqa: E402
 
 configure_tensorflow()  # before TensorFlow starts, as every tfunet command does
 
-VARIANTS = ("default", "no_training_metrics", "keras_batch_norm")
-
-
 def real_batch(data_dir: Path, image_size: int, batch_size: int):
     """One training batch of real slices (augmented as in training), with tumour in it."""
     from tfunet.data.augment import augment
