@@ -59,7 +59,7 @@ def test_prepare_resume_ignores_options_that_only_change_execution(tmp_path):
     old = {k: v for k, v in config.items() if k not in ("validate_every", "fused_batch_norm")}
     prepare_resume(tmp_path, old)
     (tmp_path / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
-    faster = {**config, "validate_every": 4, "data_threads": 1, "cache_slices": False, "fused_batch_norm": False}
+    faster = {**config, "validate_every": 4, "data_threads": 1, "cache_slices": False, "fused_batch_norm": True}
     assert prepare_resume(tmp_path, faster, ignore=EXECUTION_ONLY) == 2
     with pytest.raises(TfunetError, match=r"used other options \(lr\)"):
         prepare_resume(tmp_path, {**faster, "lr": 0.1}, ignore=EXECUTION_ONLY)

@@ -113,8 +113,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert err[0].startswith("tfunet-train: error: ") and message in err[0]
 
 
-@pytest.mark.parametrize("argv, expected", [([], True), (["--no-fused-batch-norm"], False)])
-def test_fused_batch_norm_is_the_default_and_a_flag_turns_it_off(argv, expected):
+@pytest.mark.parametrize("argv, expected", [([], False), (["--fused-batch-norm"], True)])
+def test_fused_batch_norm_is_opt_in(argv, expected):
     from tfunet.cli.train import build_parser
 
     args = vars(build_parser().parse_args(argv))
@@ -142,10 +142,10 @@ def test_help_and_bad_flags_answer_without_tensorflow():
 
 
 @pytest.mark.parametrize("options", [{"foreground_share": 0.5}, {"steps_per_execution": 2},
-                                     {"fused_batch_norm": False}])
+                                     {"fused_batch_norm": True}])
 def test_training_options_keep_the_epoch_and_its_log(tiny_config, options):
     """Oversampling (an endless stream, sized by steps_per_epoch), several steps per execution and
-    Keras's batch norm train the same epochs and write the same CSV columns."""
+    the fused batch norm train the same epochs and write the same CSV columns."""
     from tfunet.train import train
 
     for key, value in options.items():

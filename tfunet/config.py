@@ -91,7 +91,7 @@ class TrainConfig:
     steps_per_execution: int = 1  # training steps per call into the graph (Keras compile)
     data_threads: int = 0  # a thread pool of this size for the input pipelines; 0: tf.data's default
     validate_every: int = 1  # validate every k-th epoch (and always the first and last of each fit)
-    fused_batch_norm: bool = True  # batch norm as one TensorFlow op (tfunet.layers); same weights and math
+    fused_batch_norm: bool = False  # batch norm as one TensorFlow op (tfunet.layers); same weights and math
     # outputs: saved_models/ and logs/ are created under this folder
     output_dir: str = "."
 

@@ -1,4 +1,4 @@
-"""Batch normalization as one fused TensorFlow op: the U-Net's default normalization layer.
+"""Batch normalization as one fused TensorFlow op: the U-Net's opt-in normalization layer.
 
 Keras 3's `BatchNormalization` casts bfloat16 activations to float32, computes the moments and
 the normalization as separate element-wise ops, and casts back: several passes over every

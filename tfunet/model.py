@@ -43,12 +43,12 @@ class UNet(keras.Model):
     policy: the Keras dtype policy of every layer but the float32 logits (None: the global
     policy at construction, recorded so that a reload computes as the original did).
     fused_batch_norm: batch norm as one TensorFlow op (tfunet.layers), same weights and math as
-    Keras's layer, faster on CPUs; False keeps Keras's own.
+    Keras's layer, faster on CPUs; opt-in (False: Keras's own; docs/performance.md says why).
     """
 
     def __init__(self, image_size: int = 256, channels: int = 3, depth: int = 4, base_filters: int = 32,
                  batch_norm: bool = True, dropout: float = 0.0, upsampling: str = "transpose",
-                 policy: str | None = None, fused_batch_norm: bool = True, name: str = "unet", **kwargs):
+                 policy: str | None = None, fused_batch_norm: bool = False, name: str = "unet", **kwargs):
         check_unet_args(image_size, depth, base_filters, upsampling, dropout)
         policy = policy or keras.mixed_precision.global_policy().name
         inputs = keras.Input((image_size, image_size, channels), name="image")
@@ -96,7 +96,7 @@ class UNet(keras.Model):
 
 def build_unet(image_size: int = 256, channels: int = 3, depth: int = 4, base_filters: int = 32,
                batch_norm: bool = True, dropout: float = 0.0, upsampling: str = "transpose",
-               fused_batch_norm: bool = True, name: str = "unet") -> UNet:
+               fused_batch_norm: bool = False, name: str = "unet") -> UNet:
     """A `UNet` under the global dtype policy."""
     return UNet(image_size=image_size, channels=channels, depth=depth, base_filters=base_filters,
                 batch_norm=batch_norm, dropout=dropout, upsampling=upsampling,
