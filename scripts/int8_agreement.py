@@ -30,6 +30,11 @@ def small_config() -> dict:
 
 
 def run(seed: int, fused: bool, epochs: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="int8_agreement_") as out:
+        return run_in(Path(out), seed, fused, epochs)
+
+
+def run_in(out: Path, seed: int, fused: bool, epochs: int) -> dict:
     import numpy as np
 
     from tfunet.config import make_config
@@ -42,7 +47,6 @@ def run(seed: int, fused: bool, epochs: int) -> dict:
     from tfunet.predictor import load_predictor
     from tfunet.train import train
 
-    out = Path(tempfile.mkdtemp(prefix="int8_agreement_"))
     config = make_config({**small_config(), "epochs": epochs, "output_dir": str(out),
                           "seed": seed, "fused_batch_norm": fused})
     train(config, verbose=0)
@@ -65,6 +69,8 @@ def run(seed: int, fused: bool, epochs: int) -> dict:
 
 
 def main(argv=None) -> dict:
+    from tfunet.fileio import write_json
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3])
     p.add_argument("--layers", nargs="+", choices=["fused", "keras"], default=["fused", "keras"])
@@ -82,9 +88,7 @@ def main(argv=None) -> dict:
             rows.append(run(seed, fused, epochs))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             if out:
-                tmp = out.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"rows": rows}, indent=1))
-                tmp.replace(out)
+                write_json(out, {"rows": rows})
     result = {"rows": rows}
     print(json.dumps(result, indent=1))
     return result
