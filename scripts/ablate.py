@@ -36,9 +36,10 @@ ROWS = {
     # for about the wall time of the base's 10 epochs at 64x64.
     "resolution_schedule": "--epochs 20 --coarse-size 32 --coarse-epochs 16",
     # Lever g at the 64x64 scale: width, depth and batch size, each with the epochs that take
-    # about the wall time of the base's 10. Steady epochs (2-4 of a 4-epoch run on 44 patients)
-    # timed on the Xeon of docs/performance.md: 24.5 s at base 16, 10.7 at base 8, 59-90 at
-    # base 32, 18.3 at depth 3, 23-48 (median 30) at batch 8, 17.7 at batch 32.
+    # about the wall time of the base's 10. Medians of epochs 2-4 of 4-epoch runs on the Xeon of
+    # docs/performance.md (scripts/results/ablate64_xeon_g_epoch_times.json): 25 s at base 16,
+    # 11 at base 8, 78 at base 32 (59-90: 4 epochs rather than 3), 18 at depth 3, 30 at batch 8,
+    # 17 at batch 32.
     "width_8": "--base-filters 8 --epochs 22",
     "width_32": "--base-filters 32 --epochs 4",
     "depth_3": "--depth 3 --epochs 13",
