@@ -47,10 +47,11 @@ ROWS = {
     "batch_32": "--batch-size 32 --epochs 14",
     # Lever g's lead at the fast recipe's 128x128 (run with --base "--recipe fast --epochs 10
     # --validate-every 10"): a base-8 step costs 0.53 of a base-16 one there (367 against 695 ms,
-    # scripts/bench_step.py on the Xeon), so 18 epochs for the base's 10.
+    # scripts/bench_step.py on the Cascade Lake Xeon), so 18 epochs for the base's 10.
     "width_8_128": "--base-filters 8 --epochs 18",
-    # The headline pair (run with --base "" --reference recipe_original): the two named recipes,
-    # the original at the budget of issue 18 (10 epochs at base 16).
+    # The headline pair (run with --base "" or "--validate-every 10", and --reference
+    # recipe_original): the two named recipes, the original at the budget of issue 18 (10 epochs
+    # at base 16).
     "recipe_original": "--recipe original --base-filters 16 --epochs 10",
     "recipe_fast": "--recipe fast",
 }
