@@ -8,7 +8,9 @@ The folds are dealt once (OUT/folds.json) and every row trains on them, so rows 
 by fold. Every row is its own output folder (OUT/<row>/); a finished row (its
 logs/cv_metrics.json) is skipped (delete its folder after changing its flags), and a killed one resumes at its fold and epoch, because
 tfunet-train --folds does. --base sets the flags every row shares (the reduced scale at which
-levers are ranked); ROWS holds each lever's flags.
+levers are ranked); ROWS holds each lever's flags. The ENSEMBLES rows (lever h) score, on each
+held-out fold, the ensemble of a cross-validation on that fold's training patients instead of
+one model.
 """
 
 from __future__ import annotations
@@ -54,7 +56,16 @@ ROWS = {
     # at base 16).
     "recipe_original": "--recipe original --base-filters 16 --epochs 10",
     "recipe_fast": "--recipe fast",
+    # Lever h at the 64x64 scale: a K-fold ensemble against one model (see ENSEMBLES), its
+    # members' epochs for the training cost of the base's 10 on all patients: 3 members on 2/3
+    # of the patients for 5 epochs each, or 2 members on half of them for the base's 10.
+    "ensemble_3": "--epochs 5",
+    "ensemble_2": "",
 }
+# Rows whose model for a held-out fold is not one network but the ensemble of a K-fold
+# cross-validation on that fold's training patients (row -> K), scored on the held-out fold:
+# the fold ensemble tfunet-train --folds leaves behind, against one model at equal training cost.
+ENSEMBLES = {"ensemble_3": 3, "ensemble_2": 2}
 FIGURES = ("patient_dice_mean", "patient_dice_median", "dice_tumour_slices", "dice_pooled",
            "empty_slices_with_prediction", "missed_patients")
 
@@ -85,6 +96,52 @@ def deal_folds(args, path: Path) -> None:
 
     config = make_config({"dataset": "lgg", "data_dir": args.data_dir, "folds": args.folds, "seed": args.seed})
     write_split(plan_folds(config, make_source(config)), path)
+
+
+def ensemble_row(name: str, args, folds: Path, row_dir: Path, flags: str, k: int) -> int:
+    """Lever h: for each outer fold, a k-fold CV on the other folds' patients (its test list:
+    the outer fold), then its ensemble's probabilities on the outer fold; write the row's
+    report where a CV row's goes (row_dir/logs/cv_metrics.json). Returns an exit code."""
+    import time
+
+    from tfunet.runtime import configure_tensorflow
+
+    configure_tensorflow()
+    from tfunet.crossval import held_out_report, load_oof, save_oof
+    from tfunet.data.sources import DataSplits, config_for_model, make_source
+    from tfunet.data.split import make_folds, write_split
+    from tfunet.evaluate import collect_validation
+    from tfunet.loading import model_metadata
+    from tfunet.postprocess import Settings
+    from tfunet.predictor import load_predictor
+
+    plan = json.loads(folds.read_text())
+    per_fold, wall = [], 0.0
+    for j, held_out in enumerate(plan["folds"]):
+        inner_dir, split = row_dir / f"outer_{j}", row_dir / f"outer_{j}_split.json"
+        if not split.is_file():
+            train = [p for i, fold in enumerate(plan["folds"]) if i != j for p in fold]
+            write_split({"folds": make_folds({p: plan["tumour_pixels"][p] for p in train}, k, args.seed),
+                         "test": sorted(held_out)}, split)
+        code = train_lgg(f"{name} outer fold {j + 1}", args.data_dir, split, args.seed, inner_dir,
+                         shlex.split(flags), row_dir.parent / f"{name}.log", append=True)
+        if code:
+            return code
+        wall += json.loads((inner_dir / "logs" / "cv_metrics.json").read_text())["wall_seconds"]
+        probs = inner_dir / "logs" / "test_probabilities.npz"
+        if not probs.is_file():
+            start = time.perf_counter()
+            ensemble = inner_dir / "saved_models"
+            config = config_for_model(model_metadata(ensemble), data_dir=args.data_dir)
+            splits = DataSplits(make_source(config), {"train": [], "val": [], "test": sorted(held_out)})
+            save_oof(collect_validation(load_predictor(ensemble), splits, batch_size=config.batch_size,
+                                        tta=True, progress=False, split="test"), probs)
+            wall += time.perf_counter() - start
+        per_fold.append(load_oof(probs))
+    report, _, _ = held_out_report(per_fold, Settings())
+    report["wall_seconds"] = round(wall, 1)
+    write_json(row_dir / "logs" / "cv_metrics.json", report)
+    return 0
 
 
 def write_json(path, value):
@@ -158,8 +215,11 @@ def main(argv=None) -> dict:
         report_path = row_dir / "logs" / "cv_metrics.json"
         flags = f"{args.base} {ROWS[name]}".strip()
         if not report_path.is_file():
-            code = train_lgg(name, args.data_dir, folds, args.seed, row_dir, shlex.split(flags),
-                             out / f"{name}.log", append=True)
+            if name in ENSEMBLES:
+                code = ensemble_row(name, args, folds, row_dir, flags, ENSEMBLES[name])
+            else:
+                code = train_lgg(name, args.data_dir, folds, args.seed, row_dir, shlex.split(flags),
+                                 out / f"{name}.log", append=True)
             if code:
                 results["rows"][name] = {"flags": flags, "error": f"exit {code}; see {out / name}.log"}
                 continue

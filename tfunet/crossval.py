@@ -151,6 +151,19 @@ def summarize_folds(per_fold: list[list[ValidationPatient]], settings: Settings)
     return table
 
 
+def held_out_report(per_fold: list[list[ValidationPatient]], default: Settings) -> tuple[dict, Settings, list]:
+    """The figures of held-out patients, fold by fold, under `default` and under the
+    post-processing chosen on all of them; also the chosen settings and the steps measured."""
+    chosen, steps = choose_postprocess([p for patients in per_fold for p in patients], default)
+    report = {"patients": sum(len(patients) for patients in per_fold),
+              "postprocess": {"objective": OBJECTIVE, "on": "out-of-fold predictions of every fold",
+                              "default": {**default.to_metadata(), "describe": default.describe()},
+                              "chosen": {**chosen.to_metadata(), "describe": chosen.describe()},
+                              "steps": steps},
+              "default": summarize_folds(per_fold, default), "chosen": summarize_folds(per_fold, chosen)}
+    return report, chosen, steps
+
+
 def choose_postprocess(patients: list[ValidationPatient], start: Settings) -> tuple[Settings, list]:
     """nnU-Net's rule on out-of-fold predictions: a step is adopted only if it raises the mean
     per-patient 3-D Dice over all out-of-fold patients."""
@@ -283,15 +296,10 @@ def cross_validate(config, verbose: int | None = None) -> dict:
     wall_seconds = time.perf_counter() - start
 
     default = Settings(threshold=config.threshold)
-    chosen, steps = choose_postprocess([p for patients in per_fold for p in patients], default)
-    report = {"folds": num_folds, "patients": sum(len(patients) for patients in per_fold),
+    figures, chosen, steps = held_out_report(per_fold, default)
+    report = {"folds": num_folds, "patients": figures.pop("patients"),
               "dataset": config.dataset, "policy": session.policy, "config": config.to_dict(),
-              "wall_seconds": round(wall_seconds, 1),
-              "postprocess": {"objective": OBJECTIVE, "on": "out-of-fold predictions of every fold",
-                              "default": {**default.to_metadata(), "describe": default.describe()},
-                              "chosen": {**chosen.to_metadata(), "describe": chosen.describe()},
-                              "steps": steps},
-              "default": summarize_folds(per_fold, default), "chosen": summarize_folds(per_fold, chosen)}
+              "wall_seconds": round(wall_seconds, 1), **figures}
     members = [f"{fold_name(k)}/{BEST_MODEL}" for k in range(num_folds)]
     cv_split = {"train": sorted(p for fold in plan["folds"] for p in fold), "val": [], "test": plan["test"]}
     meta = make_metadata(config, cv_split, policy=session.policy, folds=plan["folds"],
