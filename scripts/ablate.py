@@ -107,13 +107,11 @@ def ensemble_row(name: str, args, folds: Path, row_dir: Path, flags: str, k: int
     from tfunet.runtime import configure_tensorflow
 
     configure_tensorflow()
-    from tfunet.crossval import held_out_report, load_oof, save_oof
+    from tfunet.crossval import held_out_report, load_oof, predict_out_of_fold, save_oof
     from tfunet.data.sources import DataSplits, config_for_model, make_source
     from tfunet.data.split import make_folds, write_split
-    from tfunet.evaluate import collect_validation
     from tfunet.loading import model_metadata
     from tfunet.postprocess import Settings
-    from tfunet.predictor import load_predictor
 
     plan = json.loads(folds.read_text())
     per_fold, wall = [], 0.0
@@ -133,9 +131,9 @@ def ensemble_row(name: str, args, folds: Path, row_dir: Path, flags: str, k: int
             start = time.perf_counter()
             ensemble = inner_dir / "saved_models"
             config = config_for_model(model_metadata(ensemble), data_dir=args.data_dir)
-            splits = DataSplits(make_source(config), {"train": [], "val": [], "test": sorted(held_out)})
-            save_oof(collect_validation(load_predictor(ensemble), splits, batch_size=config.batch_size,
-                                        tta=True, progress=False, split="test"), probs)
+            # The held-out fold as "val", as a CV fold holds it out (tfunet.crossval.fold_splits).
+            splits = DataSplits(make_source(config), {"train": [], "val": sorted(held_out), "test": []})
+            save_oof(predict_out_of_fold(ensemble, splits, config), probs)
             wall += time.perf_counter() - start
         per_fold.append(load_oof(probs))
     report, _, _ = held_out_report(per_fold, Settings())

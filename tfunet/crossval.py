@@ -297,9 +297,8 @@ def cross_validate(config, verbose: int | None = None) -> dict:
 
     default = Settings(threshold=config.threshold)
     figures, chosen, steps = held_out_report(per_fold, default)
-    report = {"folds": num_folds, "patients": figures.pop("patients"),
-              "dataset": config.dataset, "policy": session.policy, "config": config.to_dict(),
-              "wall_seconds": round(wall_seconds, 1), **figures}
+    report = {"folds": num_folds, "dataset": config.dataset, "policy": session.policy,
+              "config": config.to_dict(), "wall_seconds": round(wall_seconds, 1), **figures}
     members = [f"{fold_name(k)}/{BEST_MODEL}" for k in range(num_folds)]
     cv_split = {"train": sorted(p for fold in plan["folds"] for p in fold), "val": [], "test": plan["test"]}
     meta = make_metadata(config, cv_split, policy=session.policy, folds=plan["folds"],
