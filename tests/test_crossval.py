@@ -13,7 +13,8 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from tfunet.config import make_config
-from tfunet.crossval import OOF_FILE, choose_postprocess, load_oof, plan_folds, save_oof, summarize_folds
+from tfunet.crossval import (OOF_FILE, WALL_FILE, WallClock, choose_postprocess, load_oof, plan_folds, save_oof,
+                             summarize_folds)
 from tfunet.data.sources import make_source
 from tfunet.data.split import make_folds, validate_folds, validate_split, write_split
 from tfunet.errors import TfunetError
@@ -170,9 +171,10 @@ def cv_run(tmp_path_factory, kill_when_written):
     out = tmp_path_factory.mktemp("cv")
     backup = out / "logs" / "fold_1" / "backup" / "training_metadata.json"
     kill_when_written(_cli(out), backup, ENV)
+    first_seconds = json.loads((out / "logs" / WALL_FILE).read_text())["seconds"]
     second = subprocess.run(_cli(out), capture_output=True, text=True, timeout=600, env=ENV)
     assert second.returncode == 0, second.stderr[-3000:]
-    return {"out": out, "stdout": second.stdout}
+    return {"out": out, "stdout": second.stdout, "first_seconds": first_seconds}
 
 
 def test_killed_cv_run_resumes_at_its_fold_and_epoch(cv_run):
@@ -187,6 +189,34 @@ def test_killed_cv_run_resumes_at_its_fold_and_epoch(cv_run):
         assert meta["selection"] == "last epoch" and meta["best"]["epoch"] == 3  # nothing chosen
         assert meta["fold"] == k and (out / "logs" / f"fold_{k}" / OOF_FILE).is_file()
         assert not (out / "logs" / f"fold_{k}" / "backup").exists()
+
+
+def test_resumed_cv_run_counts_the_killed_process_in_its_wall_time(cv_run):
+    first = cv_run["first_seconds"]  # what the killed process had saved: fold 1 at least
+    assert first > 0
+    line = next(line for line in cv_run["stdout"].splitlines() if line.startswith("tfunet-train: fold 2 of 2, epoch"))
+    minutes, seconds = line.rsplit("elapsed ", 1)[1].split(":")
+    assert 60 * int(minutes) + int(seconds) >= int(first)  # the progress goes on from there
+    report = json.loads((cv_run["out"] / "logs" / "cv_metrics.json").read_text())
+    assert report["wall_seconds"] > first
+
+
+@pytest.mark.parametrize("saved, before", [(None, 0.0), ({"seconds": 100.0}, 100.0), ({"seconds": 7}, 7.0)])
+def test_wall_clock_carries_on_from_its_file(tmp_path, saved, before):
+    path = tmp_path / WALL_FILE
+    if saved is not None:
+        path.write_text(json.dumps(saved))
+    clock = WallClock(path)
+    assert before <= clock.seconds() < before + 5
+    clock.save()
+    assert before <= json.loads(path.read_text())["seconds"] < before + 5
+
+
+@pytest.mark.parametrize("text", ["", "{}", '{"seconds": "soon"}', "[1]"])
+def test_unreadable_wall_clock_file(tmp_path, text):
+    (tmp_path / WALL_FILE).write_text(text)
+    with pytest.raises(TfunetError, match="unreadable wall-time file"):
+        WallClock(tmp_path / WALL_FILE)
 
 
 def test_cv_run_writes_report_split_file_and_ensemble_metadata(cv_run):

@@ -19,11 +19,14 @@ these out-of-fold probabilities are kept in logs/fold_<k>/oof_probabilities.npz.
     saved_models/ folder as the ensemble of its folds (`tfunet.loading.find_members`).
 
 A killed run resumes: a fold with its out-of-fold file is done; a fold that was training
-continues from its backup at the epoch it reached (`tfunet.resume`).
+continues from its backup at the epoch it reached (`tfunet.resume`). The report's wall time
+counts every process that worked on the run, up to the last epoch each finished
+(logs/wall_seconds.json).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from tfunet.postprocess import TUNE_STEPS, Settings, ValidationPatient, to_mask
 from tfunet.resume import backed_up_epoch, backup_dir
 
 OOF_FILE = "oof_probabilities.npz"
+WALL_FILE = "wall_seconds.json"
 OBJECTIVE = "patient_dice_mean"
 # The figures of the CV report: (key, label, higher is better).
 FIGURES = (("patient_dice_mean", "per-patient 3-D Dice, mean"),
@@ -235,15 +239,36 @@ def report_console(report: dict) -> str:
 
 # --- the run --------------------------------------------------------------------------------------
 
+class WallClock:
+    """Seconds a cross-validation has run, over every process that worked on it: a resumed run
+    would otherwise report only its last process's time, and wall times are what recipes are
+    compared by. Saved after every epoch and fold; time after the last save of a killed
+    process is lost, as is the work it did."""
+
+    def __init__(self, path: Path):
+        self.path, self.start = path, time.perf_counter()
+        try:
+            self.before = float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0
+        except (ValueError, KeyError, TypeError):
+            raise TfunetError(f"unreadable wall-time file {path}; delete it to count from zero") from None
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def save(self) -> None:
+        write_json(self.path, {"seconds": round(self.seconds(), 1)})
+
+
 class FoldProgress(keras.callbacks.Callback):
     """One line per epoch: fold k of K, epoch, elapsed time of the whole cross-validation."""
 
-    def __init__(self, k: int, num_folds: int, epochs: int, start: float):
+    def __init__(self, k: int, num_folds: int, epochs: int, clock: WallClock):
         super().__init__()
-        self.k, self.num_folds, self.epochs, self.start = k, num_folds, epochs, start
+        self.k, self.num_folds, self.epochs, self.clock = k, num_folds, epochs, clock
 
     def on_epoch_end(self, epoch, logs=None):
-        minutes, seconds = divmod(int(time.perf_counter() - self.start), 60)
+        self.clock.save()
+        minutes, seconds = divmod(int(self.clock.seconds()), 60)
         print(f"tfunet-train: fold {self.k + 1} of {self.num_folds}, epoch {epoch + 1}/{self.epochs}, "
               f"elapsed {minutes}:{seconds:02d}", flush=True)
 
@@ -264,7 +289,7 @@ def cross_validate(config, verbose: int | None = None) -> dict:
     from tfunet.metadata import make_metadata, write_metadata
     from tfunet.train import BEST_MODEL, start_session, train_split
 
-    start = time.perf_counter()
+    clock = WallClock(config.log_dir / WALL_FILE)
     session = start_session(config, verbose)
     source = make_source(config)
     plan = plan_folds(config, source)
@@ -287,13 +312,14 @@ def cross_validate(config, verbose: int | None = None) -> dict:
                 train_split(config, splits, session, model_dir, log_dir,
                             resume_key={**config.to_dict(), "fold": k, "split": plan["folds"]},
                             select=False, extra_metadata={"fold": k, "folds": num_folds},
-                            callbacks=[FoldProgress(k, num_folds, config.epochs, start)],
+                            callbacks=[FoldProgress(k, num_folds, config.epochs, clock)],
                             label=f"fold {k + 1} of {num_folds}: ")
             save_oof(predict_out_of_fold(model_dir / BEST_MODEL, splits, config), oof_path)
+            clock.save()
         elif session.verbose:
             print(f"tfunet-train: fold {k + 1} of {num_folds} already done ({oof_path})", flush=True)
         per_fold.append(load_oof(oof_path))
-    wall_seconds = time.perf_counter() - start
+    wall_seconds = clock.seconds()
 
     default = Settings(threshold=config.threshold)
     figures, chosen, steps = held_out_report(per_fold, default)
