@@ -105,12 +105,10 @@ def ensemble_row(name: str, args, folds: Path, row_dir: Path, flags: str, k: int
     """Lever h: for each outer fold, a k-fold CV on the other folds' patients (its test list:
     the outer fold), then its ensemble's probabilities on the outer fold; write the row's
     report where a CV row's goes (row_dir/logs/cv_metrics.json). Returns an exit code."""
-    import time
-
     from tfunet.runtime import configure_tensorflow
 
     configure_tensorflow()
-    from tfunet.crossval import held_out_report, load_oof, predict_out_of_fold, save_oof
+    from tfunet.crossval import WallClock, held_out_report, load_oof, predict_out_of_fold, save_oof
     from tfunet.data.sources import DataSplits, config_for_model, make_source
     from tfunet.data.split import make_folds, write_split
     from tfunet.loading import model_metadata
@@ -124,24 +122,24 @@ def ensemble_row(name: str, args, folds: Path, row_dir: Path, flags: str, k: int
             train = [p for i, fold in enumerate(plan["folds"]) if i != j for p in fold]
             write_split({"folds": make_folds({p: plan["tumour_pixels"][p] for p in train}, k, args.seed),
                          "test": sorted(held_out)}, split)
-        code = train_lgg(f"{name} outer fold {j + 1}", args.data_dir, split, args.seed, inner_dir,
-                         shlex.split(flags), row_dir.parent / f"{name}.log", append=True)
-        if code:
-            return code
-        wall += json.loads((inner_dir / "logs" / "cv_metrics.json").read_text())["wall_seconds"]
+        inner_report = inner_dir / "logs" / "cv_metrics.json"
+        if not inner_report.is_file():  # a finished inner CV is skipped, as main() skips a row
+            code = train_lgg(f"{name} outer fold {j + 1}", args.data_dir, split, args.seed, inner_dir,
+                             shlex.split(flags), row_dir.parent / f"{name}.log", append=True)
+            if code:
+                return code
+        wall += json.loads(inner_report.read_text())["wall_seconds"]
         probs = inner_dir / "logs" / "test_probabilities.npz"
         # The scoring time is kept beside the probabilities, so a resumed row still counts it.
-        scoring = inner_dir / "logs" / "test_scoring.json"
+        scoring = WallClock(inner_dir / "logs" / "test_scoring.json")
         if not probs.is_file():
-            start = time.perf_counter()
             ensemble = inner_dir / "saved_models"
             config = config_for_model(model_metadata(ensemble), data_dir=args.data_dir)
             # The held-out fold as "val", as a CV fold holds it out (tfunet.crossval.fold_splits).
             splits = DataSplits(make_source(config), {"train": [], "val": sorted(held_out), "test": []})
             save_oof(predict_out_of_fold(ensemble, splits, config), probs)
-            write_json(scoring, {"seconds": round(time.perf_counter() - start, 1)})
-        if scoring.is_file():
-            wall += json.loads(scoring.read_text())["seconds"]
+            scoring.save()
+        wall += scoring.seconds()
         per_fold.append(load_oof(probs))
     report, _, _ = held_out_report(per_fold, Settings())
     report["wall_seconds"] = round(wall, 1)
