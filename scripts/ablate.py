@@ -54,6 +54,12 @@ ROWS = {
     # Do lever g's lead and foreground oversampling (in `fast`) stack? Base 8 for 22 epochs with
     # a third of each batch from tumour slices; pair it with foreground_third (--reference).
     "foreground_width_8": "--foreground-share 0.33 --base-filters 8 --epochs 22",
+    # Do the other leads stack on foreground oversampling? Each with a third of each batch from
+    # tumour slices; pair them with foreground_third (--reference).
+    "foreground_augment_nnunet": "--foreground-share 0.33 --augmentation nnunet",
+    "foreground_deep_supervision": "--foreground-share 0.33 --deep-supervision",
+    "foreground_lr_3e-3_warmup_1": "--foreground-share 0.33 --lr 3e-3 --warmup-epochs 1",
+    "foreground_dice_weight_2": "--foreground-share 0.33 --dice-weight 2",
     # The headline pair (run with --base "" or "--validate-every 10", and --reference
     # recipe_original): the two named recipes, the original at the budget of issue 18 (10 epochs
     # at base 16).
@@ -108,11 +114,12 @@ def ensemble_row(name: str, args, folds: Path, row_dir: Path, flags: str, k: int
     from tfunet.runtime import configure_tensorflow
 
     configure_tensorflow()
-    from tfunet.crossval import WallClock, held_out_report, load_oof, predict_out_of_fold, save_oof
+    from tfunet.crossval import held_out_report, load_oof, predict_out_of_fold, save_oof
     from tfunet.data.sources import DataSplits, config_for_model, make_source
     from tfunet.data.split import make_folds, write_split
     from tfunet.loading import model_metadata
     from tfunet.postprocess import Settings
+    from tfunet.resume import WallClock
 
     plan = json.loads(folds.read_text())
     per_fold, wall = [], 0.0

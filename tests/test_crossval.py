@@ -13,13 +13,13 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from tfunet.config import make_config
-from tfunet.crossval import (OOF_FILE, WALL_FILE, WallClock, choose_postprocess, load_oof, plan_folds, save_oof,
-                             summarize_folds)
+from tfunet.crossval import OOF_FILE, choose_postprocess, load_oof, plan_folds, save_oof, summarize_folds
 from tfunet.data.sources import make_source
 from tfunet.data.split import make_folds, validate_folds, validate_split, write_split
 from tfunet.errors import TfunetError
 from tfunet.export import export
 from tfunet.loading import find_members
+from tfunet.resume import WALL_FILE
 from tfunet.metadata import read_metadata
 from tfunet.postprocess import Settings, ValidationPatient
 from tfunet.predictor import load_predictor
@@ -199,24 +199,6 @@ def test_resumed_cv_run_counts_the_killed_process_in_its_wall_time(cv_run):
     assert 60 * int(minutes) + int(seconds) >= int(first)  # the progress goes on from there
     report = json.loads((cv_run["out"] / "logs" / "cv_metrics.json").read_text())
     assert report["wall_seconds"] > first
-
-
-@pytest.mark.parametrize("saved, before", [(None, 0.0), ({"seconds": 100.0}, 100.0), ({"seconds": 7}, 7.0)])
-def test_wall_clock_carries_on_from_its_file(tmp_path, saved, before):
-    path = tmp_path / WALL_FILE
-    if saved is not None:
-        path.write_text(json.dumps(saved))
-    clock = WallClock(path)
-    assert before <= clock.seconds() < before + 5
-    clock.save()
-    assert before <= json.loads(path.read_text())["seconds"] < before + 5
-
-
-@pytest.mark.parametrize("text", ["", "{}", '{"seconds": "soon"}', "[1]"])
-def test_unreadable_wall_clock_file(tmp_path, text):
-    (tmp_path / WALL_FILE).write_text(text)
-    with pytest.raises(TfunetError, match="unreadable wall-time file"):
-        WallClock(tmp_path / WALL_FILE)
 
 
 def test_cv_run_writes_report_split_file_and_ensemble_metadata(cv_run):

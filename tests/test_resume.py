@@ -1,4 +1,5 @@
 import csv
+import json
 import math
 import os
 import re
@@ -11,7 +12,7 @@ from tfunet.errors import TfunetError
 from tfunet.metadata import read_metadata
 from tfunet.fileio import write_json
 from tfunet.precision import resolve_policy
-from tfunet.resume import backed_up_epoch, backup_dir, prepare_resume, truncate_log
+from tfunet.resume import WALL_FILE, WallClock, backed_up_epoch, backup_dir, prepare_resume, truncate_log
 from tfunet.train import make_schedule, train
 
 HEADER = "epoch,loss,val_dice_pooled\r\n"
@@ -98,10 +99,14 @@ def test_kill_9_and_rerun_continues_from_the_last_finished_epoch(tmp_path, kill_
     kill_when_written(args, backup, env)
     rows_before = csv_path.read_text().count("\n") - 1
     assert 1 <= rows_before < RUN["epochs"]
+    first_seconds = json.loads((tmp_path / "logs" / WALL_FILE).read_text())["seconds"]
+    assert first_seconds > 0
 
     second = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "tfunet-train: resuming after epoch" in second.stdout
+    results = json.loads(second.stdout.split("tfunet-train: final metrics of the best model\n", 1)[1])
+    assert results["train_seconds"] > first_seconds  # the killed process's time counts too
 
     with csv_path.open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -114,3 +119,24 @@ def test_kill_9_and_rerun_continues_from_the_last_finished_epoch(tmp_path, kill_
     best = read_metadata(tmp_path / "saved_models" / "best_model.keras")["best"]["val_dice_pooled"]
     assert best >= max(float(r["val_dice_pooled"]) for r in rows) - 1e-9
     assert not backup.parent.exists()  # a finished run removes its backup
+
+
+@pytest.mark.parametrize("saved, carry_on, before", [
+    (None, True, 0.0), ({"seconds": 100.0}, True, 100.0), ({"seconds": 7}, True, 7.0),
+    ({"seconds": 100.0}, False, 0.0),  # a fresh run starts from zero
+])
+def test_wall_clock_carries_on_from_its_file(tmp_path, saved, carry_on, before):
+    path = tmp_path / WALL_FILE
+    if saved is not None:
+        path.write_text(json.dumps(saved))
+    clock = WallClock(path, carry_on=carry_on)
+    assert before <= clock.seconds() < before + 5
+    clock.save()
+    assert before <= json.loads(path.read_text())["seconds"] < before + 5
+
+
+@pytest.mark.parametrize("text", ["", "{}", '{"seconds": "soon"}', "[1]"])
+def test_unreadable_wall_clock_file(tmp_path, text):
+    (tmp_path / WALL_FILE).write_text(text)
+    with pytest.raises(TfunetError, match="unreadable wall-time file"):
+        WallClock(tmp_path / WALL_FILE)

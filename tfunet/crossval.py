@@ -26,8 +26,6 @@ counts every process that worked on the run, up to the last epoch each finished
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import keras
@@ -38,10 +36,9 @@ from tfunet.data.split import make_folds, read_split_file, validate_folds, valid
 from tfunet.errors import TfunetError
 from tfunet.fileio import atomic_path, write_json, write_text
 from tfunet.postprocess import TUNE_STEPS, Settings, ValidationPatient, to_mask
-from tfunet.resume import backed_up_epoch, backup_dir
+from tfunet.resume import WALL_FILE, WallClock, backed_up_epoch, backup_dir
 
 OOF_FILE = "oof_probabilities.npz"
-WALL_FILE = "wall_seconds.json"
 OBJECTIVE = "patient_dice_mean"
 # The figures of the CV report: (key, label, higher is better).
 FIGURES = (("patient_dice_mean", "per-patient 3-D Dice, mean"),
@@ -238,26 +235,6 @@ def report_console(report: dict) -> str:
 
 
 # --- the run --------------------------------------------------------------------------------------
-
-class WallClock:
-    """Seconds a cross-validation has run, over every process that worked on it: a resumed run
-    would otherwise report only its last process's time, and wall times are what recipes are
-    compared by. Saved after every epoch and fold; time after the last save of a killed
-    process is lost, as is the work it did."""
-
-    def __init__(self, path: Path):
-        self.path, self.start = path, time.perf_counter()
-        try:
-            self.before = float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0
-        except (ValueError, KeyError, TypeError):
-            raise TfunetError(f"unreadable wall-time file {path}; delete it to count from zero") from None
-
-    def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.start
-
-    def save(self) -> None:
-        write_json(self.path, {"seconds": round(self.seconds(), 1)})
-
 
 class FoldProgress(keras.callbacks.Callback):
     """One line per epoch: fold k of K, epoch, elapsed time of the whole cross-validation."""

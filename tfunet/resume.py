@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -26,6 +27,7 @@ from tfunet.errors import TfunetError
 from tfunet.fileio import atomic_path, write_json, write_text
 
 CONFIG_FILE = "tfunet_config.json"
+WALL_FILE = "wall_seconds.json"
 
 
 def backup_dir(log_dir) -> Path:
@@ -43,6 +45,26 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             self.model.save_weights(tmp)
         write_text(self._training_metadata_path,
                    json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+
+class WallClock:
+    """Seconds a run has taken, over every process that worked on it: a resumed run would
+    otherwise report only its last process's time, and wall times are what recipes are compared
+    by. Saved after every epoch (and fold); time after the last save of a killed process is
+    lost, as is the work it did. carry_on=False starts from zero (a fresh run)."""
+
+    def __init__(self, path: Path, carry_on: bool = True):
+        self.path, self.start = path, time.perf_counter()
+        try:
+            self.before = float(json.loads(path.read_text())["seconds"]) if carry_on and path.is_file() else 0.0
+        except (ValueError, KeyError, TypeError):
+            raise TfunetError(f"unreadable wall-time file {path}; delete it to count from zero") from None
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def save(self) -> None:
+        write_json(self.path, {"seconds": round(self.seconds(), 1)})
 
 
 def backed_up_epoch(directory: str | Path) -> int:

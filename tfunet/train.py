@@ -13,7 +13,6 @@ import json
 import math
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -34,7 +33,8 @@ from tfunet.model import build_from_config, unet_args
 from tfunet.precision import dtype_policy, resolve_policy
 from tfunet.runtime import use_jit
 from tfunet.training_model import TrainingUNet
-from tfunet.resume import AtomicBackupAndRestore, backup_dir, prepare_resume, truncate_log
+from tfunet.resume import (WALL_FILE, AtomicBackupAndRestore, WallClock, backed_up_epoch, backup_dir, prepare_resume,
+                           truncate_log)
 
 BEST_MODEL = "best_model.keras"
 MONITOR = "val_dice_pooled"
@@ -139,18 +139,21 @@ def train(config, verbose: int | None = None) -> dict:
 
     if wants_folds(config):
         return cross_validate(config, verbose)
-    start = time.perf_counter()
     session = start_session(config, verbose)
     task, verbose = session.distribution.task, session.verbose
     user_config = config
     if not task.is_chief:  # only the chief writes into output-dir
         config = dataclasses.replace(config, output_dir=str(worker_output_dir(config.output_dir, task)))
         verbose = session.verbose = 0
+    # A resumed run (its backup is there) adds its time to the killed processes'.
+    clock = WallClock(config.log_dir / WALL_FILE, carry_on=bool(backed_up_epoch(backup_dir(config.log_dir))))
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
     results = train_split(config, splits, session, config.model_dir, config.log_dir,
-                          resume_key=user_config.to_dict())
-    results["train_seconds"] = round(time.perf_counter() - start, 1)
+                          resume_key=user_config.to_dict(),
+                          callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: clock.save())])
+    clock.save()
+    results["train_seconds"] = round(clock.seconds(), 1)
     with dtype_policy(session.policy):  # so a float16 model gets back its loss-scale optimizer's variables
         best = keras.saving.load_model(results["best_model"])
     for name in ("val", "test"):
