@@ -60,6 +60,11 @@ ROWS = {
     "foreground_deep_supervision": "--foreground-share 0.33 --deep-supervision",
     "foreground_lr_3e-3_warmup_1": "--foreground-share 0.33 --lr 3e-3 --warmup-epochs 1",
     "foreground_dice_weight_2": "--foreground-share 0.33 --dice-weight 2",
+    # Lever b's share: half of each batch from tumour slices instead of nnU-Net's third.
+    "foreground_half": "--foreground-share 0.5",
+    # Lever b's draw: a patient with tumour first, then one of its tumour slices (nnU-Net picks
+    # a case, then foreground), so small tumours are drawn as often as large ones.
+    "foreground_by_patient": "--foreground-share 0.33 --foreground-sampling patient",
     # The headline pair (run with --base "" or "--validate-every 10", and --reference
     # recipe_original): the two named recipes, the original at the budget of issue 18 (10 epochs
     # at base 16).

@@ -64,6 +64,7 @@ def test_int_in_file_is_accepted_for_float_option(tmp_path):
     ({"coarse_size": 60, "coarse_epochs": 2}, "image-size 60 is not divisible by 2\\*\\*depth = 16"),
     ({"deep_supervision": True, "depth": 2}, "--deep-supervision needs depth 3 or more"),
     ({"augmentation": "heavy"}, "augmentation must be one of basic, nnunet, got 'heavy'"),
+    ({"foreground_sampling": "voxel"}, "foreground-sampling must be one of slice, patient, got 'voxel'"),
     ({"recipe": "slow"}, "unknown recipe 'slow'; choose one of original, fast"),
 ])
 def test_bad_values_are_explained(overrides, message):

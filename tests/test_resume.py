@@ -53,6 +53,19 @@ def test_prepare_resume_refuses_other_options(tmp_path):
         prepare_resume(tmp_path, {**config, "epochs": 6, "lr": 0.1})
 
 
+@pytest.mark.parametrize("now, resumes", [("slice", True), ("patient", False)])
+def test_a_backup_older_than_an_option_resumes_with_its_default_only(tmp_path, now, resumes):
+    config = make_config({"epochs": 5}).to_dict()
+    prepare_resume(tmp_path, {k: v for k, v in config.items() if k != "foreground_sampling"})
+    (tmp_path / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    current = {**config, "foreground_sampling": now}
+    if resumes:
+        assert prepare_resume(tmp_path, current, defaults=config) == 2
+    else:
+        with pytest.raises(TfunetError, match=r"used other options \(foreground_sampling\)"):
+            prepare_resume(tmp_path, current, defaults=config)
+
+
 def test_prepare_resume_ignores_options_that_only_change_execution(tmp_path):
     """A backup resumes with another --validate-every, --data-threads, ... (and from a version
     that lacked one of them), never with another learning rate."""

@@ -142,7 +142,8 @@ def test_help_and_bad_flags_answer_without_tensorflow():
 
 
 @pytest.mark.parametrize("options", [{"foreground_share": 0.5}, {"steps_per_execution": 2},
-                                     {"fused_batch_norm": True}])
+                                     {"fused_batch_norm": True},
+                                     {"foreground_share": 0.5, "foreground_sampling": "patient"}])
 def test_training_options_keep_the_epoch_and_its_log(tiny_config, options):
     """Oversampling (an endless stream, sized by steps_per_epoch), several steps per execution and
     the fused batch norm train the same epochs and write the same CSV columns."""
@@ -190,7 +191,7 @@ def test_foreground_share_without_tumour_is_a_clear_error(tiny_config, monkeypat
     from tfunet.errors import TfunetError
     from tfunet.train import train
 
-    monkeypatch.setattr("tfunet.train.tumour_burden", lambda source, ids: {pid: 0 for pid in ids})
+    monkeypatch.setattr("tfunet.train.tumour_burden", lambda source, ids, slices=False: {pid: 0 for pid in ids})
     tiny_config.foreground_share = 0.5
     with pytest.raises(TfunetError, match="--foreground-share needs training slices with tumour"):
         train(tiny_config, verbose=0)

@@ -21,10 +21,12 @@ DATASETS = ("synthetic", "lgg")
 UPSAMPLING = ("transpose", "bilinear")
 JIT_COMPILE = ("auto", "on", "off")
 AUGMENTATIONS = ("basic", "nnunet")  # tfunet.data.augment.PRESETS
+FOREGROUND_SAMPLING = ("slice", "patient")  # tfunet.data.pipeline.make_oversampled_pipeline
 MIXED_PRECISION = ("auto", "off", "bfloat16", "float16")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 AUX_LEVELS = (1, 2)  # decoder levels with a deep-supervision head: 1/2 and 1/4 resolution
-CHOICES = {"augmentation": AUGMENTATIONS, "jit_compile": JIT_COMPILE, "mixed_precision": MIXED_PRECISION, "strategy": STRATEGIES}
+CHOICES = {"augmentation": AUGMENTATIONS, "foreground_sampling": FOREGROUND_SAMPLING, "jit_compile": JIT_COMPILE,
+           "mixed_precision": MIXED_PRECISION, "strategy": STRATEGIES}
 
 
 def check_unet_args(image_size: int, depth: int, base_filters: int, upsampling: str,
@@ -57,6 +59,7 @@ class TrainConfig:
     augment: bool = True  # random flips, rotations, scaling, intensity jitter on training slices
     augmentation: str = "basic"  # which set: basic (the original's, plus mild jitter) or nnunet
     foreground_share: float = 0.0  # share of every training batch drawn from slices with tumour (0: none)
+    foreground_sampling: str = "slice"  # those draws: any tumour slice, or a patient first (nnU-Net's way)
     recipe: str = ""  # a named set of defaults (RECIPES) applied over the dataset preset; "" = the preset
     # model
     image_size: int = 256

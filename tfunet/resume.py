@@ -78,19 +78,20 @@ def backed_up_epoch(directory: str | Path) -> int:
         raise TfunetError(f"unreadable training backup {path}; delete {path.parent} to start afresh") from None
 
 
-def prepare_resume(directory: str | Path, config_dict: dict, ignore=()) -> int:
+def prepare_resume(directory: str | Path, config_dict: dict, ignore=(), defaults: dict | None = None) -> int:
     """The number of epochs to resume after (0: a fresh start).
 
     Refuses to resume a backup made with other options (the weights or the learning-rate
     schedule would not fit), except those in `ignore`, which only change how the run executes;
-    a fresh start records the options beside the backup.
+    a fresh start records the options beside the backup. An option the record lacks (a backup
+    made before the option existed) counts as its value in `defaults`, the behaviour it had.
     """
     epochs = backed_up_epoch(directory)
     path = Path(directory) / CONFIG_FILE
     if not epochs:
         write_json(path, config_dict)
         return 0
-    saved = json.loads(path.read_text()) if path.is_file() else config_dict
+    saved = {**(defaults or {}), **json.loads(path.read_text())} if path.is_file() else config_dict
     changed = sorted(k for k in (set(saved) | set(config_dict)) - set(ignore)
                      if saved.get(k) != config_dict.get(k))
     if changed:

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from tfunet.callbacks import BestModelCheckpoint, LearningRateLogger, LossCurvePlot
-from tfunet.config import EXECUTION_ONLY
+from tfunet.config import EXECUTION_ONLY, TrainConfig
 from tfunet.data.augment import augment
 from tfunet.data.pipeline import make_oversampled_pipeline, make_pipeline, with_threads
 from tfunet.data.sources import load_splits, tumour_burden
@@ -193,14 +193,17 @@ def build_training_model(config) -> keras.Model:
     return build_from_config(config)
 
 
-def training_data(config, splits, image_size: int, steps_per_epoch: int, session: Session):
-    """(train dataset, val dataset or None, extra fit arguments) at one image size."""
+def training_data(config, splits, image_size: int, steps_per_epoch: int, session: Session,
+                  tumour_slices: dict[str, int] | None = None):
+    """(train dataset, val dataset or None, extra fit arguments) at one image size.
+    tumour_slices: per training patient, its slices with tumour (for --foreground-sampling)."""
     fit_options = {}
     augment_fn = functools.partial(augment, params=config.augmentation) if config.augment else None
     if config.foreground_share:
         train_ds = make_oversampled_pipeline(splits.dataset("train"), image_size=image_size,
                                              batch_size=config.batch_size, foreground_share=config.foreground_share,
-                                             seed=config.seed, augment=augment_fn, cache=config.cache_slices)
+                                             seed=config.seed, augment=augment_fn, cache=config.cache_slices,
+                                             patients=tumour_slices if config.foreground_sampling == "patient" else None)
         fit_options["steps_per_epoch"] = steps_per_epoch  # the stream is endless
     else:
         train_ds = make_pipeline(splits.dataset("train"), image_size=image_size, batch_size=config.batch_size,
@@ -230,7 +233,8 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
     write_split(splits.split, log_dir / "split.json")
     num_train = splits.num_slices("train")
     steps_per_epoch = math.ceil(num_train / config.batch_size)
-    if config.foreground_share and not any(tumour_burden(splits.source, splits.split["train"]).values()):
+    tumour_slices = tumour_burden(splits.source, splits.split["train"], slices=True) if config.foreground_share else {}
+    if config.foreground_share and not any(tumour_slices.values()):
         raise TfunetError("--foreground-share needs training slices with tumour; the training patients have none")
     phases = resolution_phases(config)
     if verbose:
@@ -250,7 +254,8 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
                              selection="best validation epoch" if select else "last epoch",
                              **(extra_metadata or {}))
     # The resolved policy is compared too: `auto` may mean bfloat16 on one machine, float32 on another.
-    resumed = prepare_resume(backup_dir(log_dir), {**resume_key, "policy": policy}, ignore=EXECUTION_ONLY)
+    resumed = prepare_resume(backup_dir(log_dir), {**resume_key, "policy": policy}, ignore=EXECUTION_ONLY,
+                             defaults=TrainConfig().to_dict())
     if verbose and resumed:
         print(f"tfunet-train: resuming after epoch {resumed} from {backup_dir(log_dir)}")
     epochs_run = 0
@@ -264,7 +269,7 @@ def train_split(config, splits, session: Session, model_dir: Path, log_dir: Path
         if truncate:
             best = truncate_log(log_dir / "train_log.csv", resumed, MONITOR, from_epoch=first)
             best_so_far, truncate = (best if select else None), False
-        train_ds, val_ds, fit_options = training_data(config, splits, size, steps_per_epoch, session)
+        train_ds, val_ds, fit_options = training_data(config, splits, size, steps_per_epoch, session, tumour_slices)
         last = number == len(phases) - 1
         # shuffle=False: the tf.data pipeline already shuffles, seeded (Keras would only warn).
         history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end, shuffle=False,

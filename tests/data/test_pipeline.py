@@ -126,3 +126,29 @@ def test_oversampling_draws_its_foreground_share_in_every_batch(share, batch_siz
         assert x.shape[0] == batch_size
         has_tumour = y.numpy().reshape(batch_size, -1).any(axis=1)
         assert has_tumour[:drawn].all()  # the foreground draws: exactly `drawn` per batch
+
+
+def _patient(pid: str, tumour_slices: int, empty_slices: int, first_value: int) -> tf.data.Dataset:
+    """A patient of 4x4 slices, each image one grey value (first_value, first_value + 1, ...) so
+    a drawn slice names its patient; the first `tumour_slices` have tumour."""
+    n = tumour_slices + empty_slices
+    values = np.arange(first_value, first_value + n, dtype=np.uint8)
+    masks = np.zeros((n, 4, 4, 1), np.uint8)
+    masks[:tumour_slices, 1:3, 1:3] = 1
+    return tf.data.Dataset.from_tensor_slices({
+        "image": np.broadcast_to(values[:, None, None, None], (n, 4, 4, 3)).copy(), "mask": masks,
+        "patient_id": [pid] * n, "slice": np.arange(n, dtype=np.int32)})
+
+
+# Patient "large" has 12 tumour slices, "small" 2: drawn from all tumour slices, "small" gets
+# 2/14 of the draws; drawn by patient first, half.
+@pytest.mark.parametrize("by_patient, low, high", [(False, 0.05, 0.25), (True, 0.4, 0.6)])
+def test_foreground_sampling_by_patient_evens_out_tumour_extent(by_patient, low, high):
+    large, small = _patient("large", 12, 4, 0), _patient("small", 2, 4, 100)
+    ds = make_oversampled_pipeline(large.concatenate(small), image_size=4, batch_size=4, foreground_share=0.5,
+                                   seed=5, patients={"large": 12, "small": 2} if by_patient else None)
+    draws = []
+    for x, y in ds.take(200):
+        assert y.numpy()[:2].any(axis=(1, 2, 3)).all()  # the share stays exact
+        draws += [int(v) >= 100 for v in x.numpy()[:2, 0, 0, 0]]
+    assert low <= np.mean(draws) <= high

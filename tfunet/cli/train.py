@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from tfunet.cli import ArgumentParser, run_command
-from tfunet.config import AUGMENTATIONS, DATASETS, JIT_COMPILE, MIXED_PRECISION, RECIPES, STRATEGIES, UPSAMPLING, make_config
+from tfunet.config import (AUGMENTATIONS, DATASETS, FOREGROUND_SAMPLING, JIT_COMPILE, MIXED_PRECISION, RECIPES, STRATEGIES,
+                           UPSAMPLING, make_config)
 
 
 def build_parser() -> ArgumentParser:
@@ -62,6 +63,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--foreground-share", type=float,
                    help="draw this share of every training batch from slices with tumour (nnU-Net: 0.33; "
                         "default 0: batches as they come)")
+    p.add_argument("--foreground-sampling", choices=FOREGROUND_SAMPLING,
+                   help="how --foreground-share draws: slice (default: any tumour slice, so large tumours "
+                        "dominate) or patient (a patient with tumour first, then one of its tumour slices)")
     p.add_argument("--jit-compile", choices=JIT_COMPILE, help="XLA: auto = on GPUs, off on CPUs")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION,
                    help="auto = float16 on CUDA GPUs, bfloat16 on CPUs with AMX/AVX512-BF16, else off")

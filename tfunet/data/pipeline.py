@@ -73,31 +73,58 @@ def has_tumour(element: dict):
     return tf.reduce_any(element["mask"] > 0)
 
 
+def even_by_patient(stream: tf.data.Dataset, counts: dict[str, int], seed: int) -> tf.data.Dataset:
+    """`stream` (endless, of tumour slices) thinned so that each patient's slices come out equally
+    often: a slice of a patient with n tumour slices is kept with probability fewest / n. The
+    rejected slices cost a read of the cached stream, not an augmentation or a decode."""
+    keys = sorted(p for p, n in counts.items() if n)
+    fewest = min(counts[p] for p in keys)
+    keep = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant([fewest / counts[p] for p in keys],
+                                                                           tf.float32)),
+        default_value=0.0)
+    coins = tf.data.Dataset.random(seed=seed).map(lambda r: tf.cast(r % 1_000_000, tf.float32) / 1e6)
+    return (tf.data.Dataset.zip((stream, coins))
+            .filter(lambda element, coin: coin < keep.lookup(element["patient_id"]))
+            .map(lambda element, coin: element))
+
+
 def make_oversampled_pipeline(ds: tf.data.Dataset, *, image_size: int, batch_size: int,
                               foreground_share: float, seed: int = 42, augment=None,
-                              cache: bool = False, shuffle_buffer: int = 2048) -> tf.data.Dataset:
+                              cache: bool = False, shuffle_buffer: int = 2048,
+                              patients: dict[str, int] | None = None) -> tf.data.Dataset:
     """An endless training stream in which round(foreground_share * batch_size) slices of every
     batch are drawn from the slices with tumour and the rest from all slices (nnU-Net draws a
     third of each batch from foreground). Two shuffled, augmented streams are batched apart and
     concatenated per batch, so the share is exact in every batch; `model.fit` then needs
-    `steps_per_epoch`. Batches are (x, y) pairs, tumour slices first. cache: as `make_pipeline`."""
+    `steps_per_epoch`. Batches are (x, y) pairs, tumour slices first. cache: as `make_pipeline`.
+
+    patients: the number of tumour slices of each training patient. The tumour draws are then
+    spread evenly over the patients with tumour, as nnU-Net picks a case before its foreground;
+    drawn from all tumour slices alike, a patient's share grows with its tumour's extent, so
+    small tumours are seen least."""
     num_foreground = round(foreground_share * batch_size)
     if not 0 < num_foreground <= batch_size:
         raise ValueError(f"foreground share {foreground_share} of batch {batch_size} draws "
                          f"{num_foreground} slices; it must draw between 1 and the whole batch")
 
-    def stream(source, count, offset):
+    def endless(source, offset, buffer):
         source = source.map(lambda e: resize_slice(e, image_size), num_parallel_calls=AUTOTUNE)
         if cache:
             source = source.cache()
-        source = source.repeat().shuffle(shuffle_buffer, seed=seed + offset, reshuffle_each_iteration=True)
+        return source.repeat().shuffle(buffer, seed=seed + offset, reshuffle_each_iteration=True)
+
+    def batched(source, count, offset):
         if augment is not None:
             source = augment(source, seed + offset)
         return source.batch(count, drop_remainder=True)
 
-    parts = [stream(ds.filter(has_tumour), num_foreground, 0)]
+    foreground = endless(ds.filter(has_tumour), 0, shuffle_buffer)
+    if patients:
+        foreground = even_by_patient(foreground, patients, seed)
+    parts = [batched(foreground, num_foreground, 0)]
     if num_foreground < batch_size:
-        parts.append(stream(ds, batch_size - num_foreground, 1))
+        parts.append(batched(endless(ds, 1, shuffle_buffer), batch_size - num_foreground, 1))
     batches = tf.data.Dataset.zip(tuple(parts)).map(
         lambda *batches: {key: tf.concat([b[key] for b in batches], axis=0) for key in ("image", "mask")},
         num_parallel_calls=AUTOTUNE)
