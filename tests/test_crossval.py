@@ -19,10 +19,10 @@ from tfunet.data.split import make_folds, validate_folds, validate_split, write_
 from tfunet.errors import TfunetError
 from tfunet.export import export
 from tfunet.loading import find_members
-from tfunet.resume import WALL_FILE
 from tfunet.metadata import read_metadata
 from tfunet.postprocess import Settings, ValidationPatient
 from tfunet.predictor import load_predictor
+from tfunet.resume import WALL_FILE
 
 # --- folds ----------------------------------------------------------------------------------------
 

@@ -53,11 +53,11 @@ def tumour_burden(source, patient_ids, slices: bool = False) -> dict[str, int]:
     """Tumour pixels per patient, counted on the source's masks (slices: slices with tumour)."""
     import tensorflow as tf
 
-    def count(mask):
+    def tumour_in(mask):
         return tf.cast(tf.reduce_any(mask > 0), tf.int64) if slices else tf.reduce_sum(tf.cast(mask > 0, tf.int64))
 
     burden = {pid: 0 for pid in patient_ids}
-    ds = source.dataset(sorted(patient_ids)).map(lambda e: (e["patient_id"], count(e["mask"]))).batch(256)
+    ds = source.dataset(sorted(patient_ids)).map(lambda e: (e["patient_id"], tumour_in(e["mask"]))).batch(256)
     for pids, pixels in ds.as_numpy_iterator():
         for pid, count in zip(pids, pixels):
             burden[pid.decode() if isinstance(pid, bytes) else str(pid)] += int(count)
