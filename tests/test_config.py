@@ -65,6 +65,7 @@ def test_int_in_file_is_accepted_for_float_option(tmp_path):
     ({"deep_supervision": True, "depth": 2}, "--deep-supervision needs depth 3 or more"),
     ({"augmentation": "heavy"}, "augmentation must be one of basic, nnunet, got 'heavy'"),
     ({"foreground_sampling": "voxel"}, "foreground-sampling must be one of slice, patient, got 'voxel'"),
+    ({"foreground_sampling": "patient"}, "--foreground-sampling patient spreads .* set --foreground-share too"),
     ({"recipe": "slow"}, "unknown recipe 'slow'; choose one of original, fast"),
 ])
 def test_bad_values_are_explained(overrides, message):

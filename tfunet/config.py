@@ -148,6 +148,10 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise TfunetError(f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
                                   f"got {getattr(self, name)!r}")
+        if self.foreground_sampling != "slice" and not self.foreground_share:
+            # Without a share there are no tumour draws to spread, and the flag would do nothing.
+            raise TfunetError(f"--foreground-sampling {self.foreground_sampling} spreads oversampling's "
+                              "tumour draws; set --foreground-share too (e.g. 0.33)")
         if self.mixed_precision == "auto":
             from tfunet.precision import auto_override
 
