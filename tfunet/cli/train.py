@@ -65,7 +65,8 @@ def build_parser() -> ArgumentParser:
                         "default 0: batches as they come)")
     p.add_argument("--foreground-sampling", choices=FOREGROUND_SAMPLING,
                    help="how --foreground-share draws: slice (default: any tumour slice, so large tumours "
-                        "dominate) or patient (a patient with tumour first, then one of its tumour slices); needs --foreground-share")
+                        "dominate) or patient (a patient with tumour first, then one of its tumour slices); "
+                        "needs --foreground-share")
     p.add_argument("--jit-compile", choices=JIT_COMPILE, help="XLA: auto = on GPUs, off on CPUs")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION,
                    help="auto = float16 on CUDA GPUs, bfloat16 on CPUs with AMX/AVX512-BF16, else off")
