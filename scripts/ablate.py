@@ -73,6 +73,9 @@ ROWS = {
     # at base 16).
     "recipe_original": "--recipe original --base-filters 16 --epochs 10",
     "recipe_fast": "--recipe fast",
+    # The lr lead (lever f, on top of foreground oversampling) at full scale: pair it with
+    # recipe_fast on the headline folds before it enters `fast`.
+    "recipe_fast_lr_3e-3_warmup_1": "--recipe fast --lr 3e-3 --warmup-epochs 1",
     # Lever h at the 64x64 scale: a K-fold ensemble against one model (see ENSEMBLES), its
     # members' epochs for the training cost of the base's 10 on all patients: 3 members on 2/3
     # of the patients for 5 epochs each, or 2 members on half of them for the base's 10.
