@@ -63,6 +63,8 @@ ROWS = {
     # The lr lead's shape: a higher peak, and the same peak without its warm-up epoch.
     "foreground_lr_5e-3_warmup_1": "--foreground-share 0.33 --lr 5e-3 --warmup-epochs 1",
     "foreground_lr_3e-3": "--foreground-share 0.33 --lr 3e-3",
+    # Is it the warm-up alone? The same warm-up epoch at the default peak (1e-3).
+    "foreground_warmup_1": "--foreground-share 0.33 --warmup-epochs 1",
     # Lever b's share: half of each batch from tumour slices instead of nnU-Net's third.
     "foreground_half": "--foreground-share 0.5",
     # Lever b's draw: a patient with tumour first, then one of its tumour slices (nnU-Net picks
