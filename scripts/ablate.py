@@ -10,7 +10,7 @@ logs/cv_metrics.json) is skipped (delete its folder after changing its flags), a
 tfunet-train --folds does. --base sets the flags every row shares (the reduced scale at which
 levers are ranked); ROWS holds each lever's flags. The ENSEMBLES rows (lever h) score, on each
 held-out fold, the ensemble of a cross-validation on that fold's training patients instead of
-one model.
+one model. --no-train only reports the finished rows (safe beside a running ablation of OUT).
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ ROWS = {
     # --validate-every 10"): a base-8 step costs 0.53 of a base-16 one there (367 against 695 ms,
     # scripts/bench_step.py on the Cascade Lake Xeon), so 18 epochs for the base's 10.
     "width_8_128": "--base-filters 8 --epochs 18",
+    # Lever a at the fast recipe's 128x128 (the same --base as width_8_128): 7 epochs at 128x128,
+    # then 1 at 256x256, where an epoch costs about 4 at 128x128 (scripts/results/recipe_budget.json:
+    # 55 s an epoch at 256 against 13.5 at 128), so about the wall time of the base's 10.
+    "resolution_128_256": "--image-size 256 --coarse-size 128 --epochs 8 --coarse-epochs 7",
+    # The same with a fresh cosine from 5e-4 for the 256x256 epoch (--fine-lr): without it that
+    # epoch runs on the tail of the schedule, too little to adapt to the new scale.
+    "resolution_128_256_restart": "--image-size 256 --coarse-size 128 --epochs 8 --coarse-epochs 7 --fine-lr 5e-4",
     # Do lever g's lead and foreground oversampling (in `fast`) stack? Base 8 for 22 epochs with
     # a third of each batch from tumour slices; pair it with foreground_third (--reference).
     "foreground_width_8": "--foreground-share 0.33 --base-filters 8 --epochs 22",
@@ -103,6 +110,9 @@ def parse_args(argv=None):
     p.add_argument("--reference", default="baseline", choices=sorted(ROWS),
                    help="the row every other row is paired with (default: baseline)")
     p.add_argument("--markdown", action="store_true", help="print the table of rows as Markdown instead of JSON")
+    p.add_argument("--no-train", action="store_true",
+                   help="only report the finished rows of --rows: train nothing, write nothing (safe beside a "
+                        "running ablation of the same OUT)")
     return p.parse_args(argv)
 
 
@@ -225,8 +235,10 @@ def markdown(results: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     folds = out / "folds.json"
+    if args.no_train and not folds.is_file():
+        raise SystemExit(f"ablate: {folds} not found: nothing has run in {out}")
+    out.mkdir(parents=True, exist_ok=True)
     if not folds.is_file():
         deal_folds(args, folds)
     previous = json.loads((out / "ablation.json").read_text()) if (out / "ablation.json").is_file() else {}
@@ -238,6 +250,9 @@ def main(argv=None) -> dict:
         report_path = row_dir / "logs" / "cv_metrics.json"
         flags = f"{args.base} {ROWS[name]}".strip()
         if not report_path.is_file():
+            if args.no_train:
+                results["rows"][name] = {"flags": flags, "error": "not finished"}
+                continue
             if name in ENSEMBLES:
                 code = ensemble_row(name, args, folds, row_dir, flags, ENSEMBLES[name])
             else:
@@ -247,13 +262,15 @@ def main(argv=None) -> dict:
                 results["rows"][name] = {"flags": flags, "error": f"exit {code}; see {out / name}.log"}
                 continue
         results["rows"][name] = {"flags": flags, **summary(json.loads(report_path.read_text()))}
-        write_json(out / "ablation.json", results)
+        if not args.no_train:
+            write_json(out / "ablation.json", results)
     reference = results["rows"].get(args.reference)
     results["reference"] = args.reference
     for name, row in results["rows"].items():
         if reference and name != args.reference and "per_patient_dice" in row:
             row["vs_reference_patient_dice"] = paired(row, reference)
-    write_json(out / "ablation.json", results)
+    if not args.no_train:
+        write_json(out / "ablation.json", results)
     print(markdown(results) if args.markdown else json.dumps(results, indent=2))
     return results
 

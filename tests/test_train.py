@@ -29,15 +29,23 @@ def test_short_fit_lowers_the_loss(tiny_config):
     assert losses[-1] < 0.8 * losses[0]
 
 
-@pytest.mark.parametrize("warmup_epochs, checks", [
-    (0, [(0, 1e-3), (50, 5e-4), (100, 0.0)]),
-    (2, [(0, 0.0), (20, 1e-3), (60, 5e-4), (100, 0.0)]),
+RESTART = {"image_size": 64, "coarse_size": 32, "coarse_epochs": 6, "fine_lr": 5e-4}
+
+
+@pytest.mark.parametrize("options, checks", [
+    ({}, [(0, 1e-3), (50, 5e-4), (100, 0.0)]),
+    ({"warmup_epochs": 2}, [(0, 0.0), (20, 1e-3), (60, 5e-4), (100, 0.0)]),
+    # --fine-lr: the first cosine ends with the coarse stage (step 60), a second one starts there.
+    (RESTART, [(0, 1e-3), (30, 5e-4), (59, 6.9e-7), (60, 5e-4), (80, 2.5e-4), (100, 0.0)]),
+    ({**RESTART, "warmup_epochs": 2}, [(0, 0.0), (20, 1e-3), (40, 5e-4), (60, 5e-4), (100, 0.0)]),
 ])
-def test_cosine_schedule_with_optional_warmup(warmup_epochs, checks):
-    config = make_config({"epochs": 10, "warmup_epochs": warmup_epochs, "lr": 1e-3})
+def test_cosine_schedule_with_optional_warmup_and_restart(options, checks):
+    config = make_config({"epochs": 10, "lr": 1e-3, **options})
     schedule = make_schedule(config, steps_per_epoch=10)
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
     for step, expected in checks:
         assert float(schedule(step)) == pytest.approx(expected, abs=1e-7)
+        assert float(restored(step)) == pytest.approx(expected, abs=1e-7)
     optimizer = make_optimizer(config, steps_per_epoch=10)
     assert isinstance(optimizer, keras.optimizers.AdamW)
     assert optimizer.weight_decay == pytest.approx(1e-5)

@@ -20,9 +20,9 @@ from tfunet.train import build_training_model, compile_model, make_schedule, tra
 from tfunet.training_model import TrainingUNet, aux_weights
 
 ARGS = dict(image_size=32, base_filters=4, depth=3, batch_norm=True, dropout=0.0, upsampling="transpose")
-# A run with both levers: 2 epochs at 16x16, then 1 at 32x32, with auxiliary heads.
+# A run with both levers: 2 epochs at 16x16, then 1 at 32x32 on a fresh cosine, with auxiliary heads.
 RUN = dict(image_size=32, base_filters=4, depth=3, num_patients=5, slices_per_patient=6, epochs=3,
-           batch_size=8, deep_supervision=True, coarse_size=16, coarse_epochs=2)
+           batch_size=8, deep_supervision=True, coarse_size=16, coarse_epochs=2, fine_lr=5e-4)
 
 
 def test_aux_weights_halve_per_level_and_sum_to_one():
@@ -96,6 +96,8 @@ def test_the_schedule_runs_every_epoch_once_on_one_learning_rate_schedule(schedu
     schedule = make_schedule(config, steps)
     for row in rows:  # the coarse stage's optimizer state carries into the fine one
         assert float(row["learning_rate"]) == pytest.approx(float(schedule((int(row["epoch"]) + 1) * steps)), abs=1e-7)
+    # The coarse stage's cosine ran out; the full-size stage starts again from --fine-lr.
+    assert float(rows[config.coarse_epochs - 1]["learning_rate"]) == pytest.approx(config.fine_lr)
     assert not (config.log_dir / "backup").exists()
     # The saved model comes from the serving size's epochs, never from a coarse one.
     assert read_metadata(results["best_model"])["best"]["epoch"] > config.coarse_epochs

@@ -83,6 +83,7 @@ class TrainConfig:
     # resolution schedule: the first coarse_epochs train at coarse_size, the rest at image_size
     coarse_size: int = 0
     coarse_epochs: int = 0
+    fine_lr: float = 0.0  # > 0: the full-size epochs restart the cosine at this peak (0: one cosine)
     # cross-validation: 0 = one train/val/test run; K >= 2 = K-fold cross-validation by patient
     folds: int = 0
     # execution
@@ -137,6 +138,13 @@ class TrainConfig:
             if not 0 < self.coarse_epochs < self.epochs:
                 raise TfunetError(f"coarse-epochs must be between 1 and epochs - 1 ({self.epochs - 1}), "
                                   f"got {self.coarse_epochs}")
+        if self.fine_lr < 0 or (self.fine_lr and not self.coarse_epochs):
+            raise TfunetError(f"--fine-lr restarts the learning rate where a resolution schedule moves to "
+                              f"--image-size: it needs --coarse-size and --coarse-epochs, and must be "
+                              f"positive, got {self.fine_lr}")
+        if self.fine_lr and self.warmup_epochs >= self.coarse_epochs:
+            raise TfunetError(f"with --fine-lr the warm-up belongs to the coarse stage: warmup-epochs "
+                              f"({self.warmup_epochs}) must be less than coarse-epochs ({self.coarse_epochs})")
         if self.deep_supervision and self.depth < 1 + max(AUX_LEVELS):
             raise TfunetError(f"--deep-supervision needs depth {1 + max(AUX_LEVELS)} or more "
                               f"(heads at 1/2 and 1/4 resolution), got depth {self.depth}")

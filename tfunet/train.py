@@ -40,17 +40,48 @@ BEST_MODEL = "best_model.keras"
 MONITOR = "val_dice_pooled"
 
 
+@keras.saving.register_keras_serializable(package="tfunet")
+class RestartAt(keras.optimizers.schedules.LearningRateSchedule):
+    """`first` until step `boundary`, then `second` counted from the boundary: the resolution
+    schedule's fresh cosine at full size (`--fine-lr`), where the model must relearn the scale
+    of what it sees, which the tail of one long cosine is too small to do."""
+
+    def __init__(self, first, second, boundary: int):
+        self.first, self.second, self.boundary = first, second, int(boundary)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        after = keras.ops.maximum(step - self.boundary, 0.0)
+        return keras.ops.where(step < self.boundary, self.first(step), self.second(after))
+
+    def get_config(self):
+        return {"first": keras.optimizers.schedules.serialize(self.first),
+                "second": keras.optimizers.schedules.serialize(self.second), "boundary": self.boundary}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.optimizers.schedules.deserialize(config["first"]),
+                   keras.optimizers.schedules.deserialize(config["second"]), config["boundary"])
+
+
 def make_schedule(config, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Cosine decay from `config.lr` to 0 over the whole run, after an optional linear warm-up.
+    """Cosine decay from `config.lr` to 0 over the whole run, after an optional linear warm-up;
+    with `config.fine_lr`, the cosine ends with the coarse stage and a second one decays from
+    fine_lr over the full-size epochs.
 
     The schedule is a function of the optimizer's step, so a resumed run picks up the same
     learning rate."""
     warmup_steps = config.warmup_epochs * steps_per_epoch
-    total_steps = config.epochs * steps_per_epoch
+    total_steps = (config.coarse_epochs if config.fine_lr else config.epochs) * steps_per_epoch
     if warmup_steps:
-        return keras.optimizers.schedules.CosineDecay(
+        schedule = keras.optimizers.schedules.CosineDecay(
             0.0, total_steps - warmup_steps, warmup_target=config.lr, warmup_steps=warmup_steps)
-    return keras.optimizers.schedules.CosineDecay(config.lr, total_steps)
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(config.lr, total_steps)
+    if not config.fine_lr:
+        return schedule
+    fine_steps = (config.epochs - config.coarse_epochs) * steps_per_epoch
+    return RestartAt(schedule, keras.optimizers.schedules.CosineDecay(config.fine_lr, fine_steps), total_steps)
 
 
 def make_loss(config) -> BCEDiceLoss:

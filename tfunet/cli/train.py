@@ -42,6 +42,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--coarse-size", type=int,
                    help="resolution schedule: train the first --coarse-epochs at this size, the rest at --image-size")
     p.add_argument("--coarse-epochs", type=int)
+    p.add_argument("--fine-lr", type=float,
+                   help="resolution schedule: restart the cosine at this peak for the --image-size epochs "
+                        "(default 0: one cosine over all epochs)")
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false", default=None)
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--weight-decay", type=float)
