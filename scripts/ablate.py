@@ -193,14 +193,19 @@ def summary(report: dict) -> dict:
     return row
 
 
+def patient_differences(row: dict, reference: dict) -> list[float]:
+    """Per-patient 3-D Dice of `row` minus `reference`, over the patients both scored."""
+    common = sorted(set(row["per_patient_dice"]) & set(reference["per_patient_dice"]))
+    return [row["per_patient_dice"][p] - reference["per_patient_dice"][p] for p in common]
+
+
 def paired(row: dict, reference: dict) -> dict:
     """The row minus the reference row in per-patient 3-D Dice (default post-processing), paired
     by patient: same folds, so each patient was held out of the same training patients in both.
     The standard error of the mean difference says whether a lever's gain is more than noise."""
     import statistics
 
-    common = sorted(set(row["per_patient_dice"]) & set(reference["per_patient_dice"]))
-    diffs = [row["per_patient_dice"][p] - reference["per_patient_dice"][p] for p in common]
+    diffs = patient_differences(row, reference)
     if len(diffs) < 2:
         return {}
     return {"patients": len(diffs), "mean": statistics.fmean(diffs),

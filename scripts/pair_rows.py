@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablate import paired  # noqa: E402
+from ablate import paired, patient_differences  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -43,9 +43,8 @@ def load_row(spec: str) -> tuple[dict, dict]:
 
 def agreement(a: dict, b: dict) -> dict:
     """How closely the same row of two runs repeats, patient by patient."""
-    common = sorted(set(a["per_patient_dice"]) & set(b["per_patient_dice"]))
-    diffs = [abs(a["per_patient_dice"][p] - b["per_patient_dice"][p]) for p in common]
-    return {"patients": len(common), "identical": sum(d == 0 for d in diffs), "max_abs_diff": max(diffs, default=0.0)}
+    diffs = [abs(d) for d in patient_differences(a, b)]
+    return {"patients": len(diffs), "identical": sum(d == 0 for d in diffs), "max_abs_diff": max(diffs, default=0.0)}
 
 
 def main(argv=None) -> dict:

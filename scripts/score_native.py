@@ -37,26 +37,23 @@ def parse_args(argv=None):
 def native_patients(model_path: Path, splits, batch_size: int) -> list:
     """The held-out ("val") patients as `ValidationPatient`s at the data's own size."""
     import numpy as np
-    import tensorflow as tf
 
     from tfunet.data.pipeline import make_pipeline
     from tfunet.evaluate import by_patient
     from tfunet.postprocess import Settings, ValidationPatient
-    from tfunet.predictor import load_predictor
-    from tfunet.serving import serving_probabilities
+    from tfunet.predictor import load_predictor, serve_eagerly
 
     predictor = load_predictor(model_path)
+    # The serving computation under default post-processing, whatever the fold model's metadata says.
+    meta = {**predictor.meta, **Settings().to_metadata()}
     size = int(next(iter(splits.dataset("val").take(1)))["image"].shape[0])
-
-    def model(x):
-        return tf.constant(predictor.raw(np.asarray(x).astype(np.uint8)))
 
     def slices():
         batches = make_pipeline(splits.dataset("val"), image_size=size, batch_size=batch_size, with_metadata=True)
         for batch in batches.as_numpy_iterator():
-            probs = serving_probabilities(tf.constant(batch["image"]), model, Settings(), predictor.image_size)
+            probs = serve_eagerly(predictor.raw, meta, batch["image"])["probabilities"].numpy()
             for i, pid in enumerate(batch["patient_id"]):
-                yield pid.decode(), int(batch["slice"][i]), (batch["mask"][i] > 0, probs[i].numpy())
+                yield pid.decode(), int(batch["slice"][i]), (batch["mask"][i] > 0, probs[i])
 
     counts = splits.source.patients()
     return [ValidationPatient(np.stack([truth for truth, _ in items]), np.stack([probs for _, probs in items]),
