@@ -51,6 +51,11 @@ ROWS = {
     # --validate-every 10"): a base-8 step costs 0.53 of a base-16 one there (367 against 695 ms,
     # scripts/bench_step.py on the Cascade Lake Xeon), so 18 epochs for the base's 10.
     "width_8_128": "--base-filters 8 --epochs 18",
+    # Lever c's lead at 128x128 within the base's wall time (the same --base as width_8_128): a
+    # deep-supervision epoch cost about 1.25 plain ones there (32 against 25 min for 2 folds of
+    # 10 epochs on the Zen 3 of docs/performance.md), so 8 epochs; alone, and with the lr lead.
+    "deep_supervision_8": "--deep-supervision --epochs 8",
+    "deep_supervision_8_lr_3e-3_warmup_1": "--deep-supervision --epochs 8 --lr 3e-3 --warmup-epochs 1",
     # Lever a at the fast recipe's 128x128 (the same --base as width_8_128): 7 epochs at 128x128,
     # then 1 at 256x256, where an epoch costs about 4 at 128x128 (scripts/results/recipe_budget.json:
     # 55 s an epoch at 256 against 13.5 at 128), so about the wall time of the base's 10.
@@ -85,6 +90,10 @@ ROWS = {
     # The lr lead (lever f, on top of foreground oversampling) at full scale: pair it with
     # recipe_fast on the headline folds before it enters `fast`.
     "recipe_fast_lr_3e-3_warmup_1": "--recipe fast --lr 3e-3 --warmup-epochs 1",
+    # The eleventh batch's lead at full scale: deep supervision and the lr lead together, with
+    # the epochs cut from 32 to 26 for deep supervision's 1.25x epochs (scripts/recipe_budget.py
+    # --candidate times it against the budget). Pair it with recipe_fast on the headline folds.
+    "recipe_fast_deep_supervision_lr": "--recipe fast --deep-supervision --epochs 26 --lr 3e-3 --warmup-epochs 1",
     # Lever h at the 64x64 scale: a K-fold ensemble against one model (see ENSEMBLES), its
     # members' epochs for the training cost of the base's 10 on all patients: 3 members on 2/3
     # of the patients for 5 epochs each, or 2 members on half of them for the base's 10.
@@ -185,11 +194,14 @@ def write_json(path, value):
 
 def summary(report: dict) -> dict:
     row = {"wall_seconds": report["wall_seconds"], "patients": report["patients"]}
-    for name in ("default", "chosen"):
-        table = report[name]
-        row[name] = {key: {"mean": table["mean"][key], "sd": table["sd"][key]} for key in FIGURES}
+    for name in ("default", "chosen", "cross_fitted"):  # cross_fitted: reports since 2026-12-07
+        if name in report:
+            table = report[name]
+            row[name] = {key: {"mean": table["mean"][key], "sd": table["sd"][key]} for key in FIGURES}
     row["postprocess_chosen"] = report["postprocess"]["chosen"]["describe"]
     row["per_patient_dice"] = report["default"]["per_patient_dice"]
+    if "cross_fitted" in report:
+        row["cross_fitted_per_patient_dice"] = report["cross_fitted"]["per_patient_dice"]
     return row
 
 
@@ -274,6 +286,11 @@ def main(argv=None) -> dict:
     for name, row in results["rows"].items():
         if reference and name != args.reference and "per_patient_dice" in row:
             row["vs_reference_patient_dice"] = paired(row, reference)
+            if "cross_fitted_per_patient_dice" in row and "cross_fitted_per_patient_dice" in reference:
+                # As a user gets each recipe: post-processing chosen on other patients included.
+                row["vs_reference_cross_fitted"] = paired(
+                    {"per_patient_dice": row["cross_fitted_per_patient_dice"]},
+                    {"per_patient_dice": reference["cross_fitted_per_patient_dice"]})
     if not args.no_train:
         write_json(out / "ablation.json", results)
     print(markdown(results) if args.markdown else json.dumps(results, indent=2))

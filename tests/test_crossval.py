@@ -13,7 +13,8 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from tfunet.config import make_config
-from tfunet.crossval import OOF_FILE, choose_postprocess, load_oof, plan_folds, save_oof, summarize_folds
+from tfunet.crossval import (OOF_FILE, choose_postprocess, cross_fitted, load_oof, plan_folds, save_oof,
+                             summarize_folds)
 from tfunet.data.sources import make_source
 from tfunet.data.split import make_folds, validate_folds, validate_split, write_split
 from tfunet.errors import TfunetError
@@ -149,6 +150,22 @@ def test_oof_files_round_trip_and_fold_summary(tmp_path):
     assert table["all_patients"]["missed_patients"] == 0
 
 
+def test_cross_fitting_scores_each_fold_with_a_choice_made_on_the_other_folds():
+    with_blob = [_oof_patient(f"a{i}", spurious=True) for i in range(2)]
+    clean = [_oof_patient(f"b{i}", spurious=False) for i in range(2)]
+    on_all, _ = choose_postprocess(with_blob + clean, Settings())
+    assert on_all.largest_3d_component
+    optimistic = summarize_folds([with_blob, clean], on_all)
+    assert optimistic["mean"]["patient_dice_mean"] == pytest.approx(1.0)  # every blob removed
+    table, chosen = cross_fitted([with_blob, clean], Settings())
+    assert not chosen[0].largest_3d_component  # chosen on the clean fold, where it cannot help
+    assert chosen[1].largest_3d_component  # chosen on the fold with blobs
+    assert table["folds"][0]["patient_dice_mean"] == pytest.approx(72 / 97)  # so its blobs stay
+    assert table["folds"][1]["patient_dice_mean"] == pytest.approx(1.0)
+    assert table["all_patients"]["patient_dice_mean"] == pytest.approx((72 / 97 + 1.0) / 2)
+    assert table["per_patient_dice"] == pytest.approx({"a0": 72 / 97, "a1": 72 / 97, "b0": 1.0, "b1": 1.0})
+
+
 # --- the whole K-fold run, its resume, and its ensemble -------------------------------------------
 
 CV_RUN = dict(image_size=32, base_filters=4, depth=2, num_patients=6, slices_per_patient=6, epochs=3,
@@ -211,12 +228,15 @@ def test_cv_run_writes_report_split_file_and_ensemble_metadata(cv_run):
         assert meta["split"]["val"] == folds[k] and meta["split"]["train"] == folds[1 - k]
     report = json.loads((out / "logs" / "cv_metrics.json").read_text())
     assert report["folds"] == 2 and report["patients"] == CV_RUN["num_patients"]
-    for name in ("default", "chosen"):
+    for name in ("default", "chosen", "cross_fitted"):
         assert len(report[name]["folds"]) == 2
         for key in ("patient_dice_mean", "patient_dice_median", "dice_tumour_slices", "dice_pooled",
                     "empty_slices_with_prediction", "missed_patients"):
             assert key in report[name]["mean"] and key in report[name]["sd"]
-    assert "mean ± sd over folds" in (out / "logs" / "cv_metrics.md").read_text()
+    assert len(report["postprocess"]["cross_fitted"]) == 2  # one choice per fold, made on the other
+    markdown = (out / "logs" / "cv_metrics.md").read_text()
+    assert "mean ± sd over folds" in markdown and "(cross-fitted)" in markdown
+    assert "post-processing cross-fitted" in cv_run["stdout"]
     assert "tumour patients missed entirely" in cv_run["stdout"]
     ensemble = read_metadata(out / "saved_models")
     assert ensemble["ensemble"]["members"] == ["fold_0/best_model.keras", "fold_1/best_model.keras"]

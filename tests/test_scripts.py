@@ -17,6 +17,9 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import ablate  # noqa: E402
 import pair_rows  # noqa: E402
+import postprocess_crossfit  # noqa: E402
+import recipe_budget  # noqa: E402
+import score_native  # noqa: E402
 
 # The --base of every batch in docs/performance.md.
 BASES = (ablate.BASE,
@@ -83,15 +86,20 @@ def test_pair_rows_names_a_missing_row(tmp_path):
         pair_rows.main([f"{first}:lever", f"{first}:absent"])
 
 
-def finished_row(out: Path, name: str, dice: dict[str, float]) -> None:
-    """A row folder as `tfunet-train --folds` leaves it, reduced to what ablate.py reads."""
-    table = {"mean": {key: 0.5 for key in ablate.FIGURES}, "sd": {key: 0.1 for key in ablate.FIGURES},
-             "per_patient_dice": dice}
+def finished_row(out: Path, name: str, dice: dict[str, float], fitted: dict[str, float] | None = None) -> None:
+    """A row folder as `tfunet-train --folds` leaves it, reduced to what ablate.py reads;
+    `fitted`: its cross-fitted per-patient Dice (reports before that table have none)."""
+    def table(per_patient):
+        return {"mean": {key: 0.5 for key in ablate.FIGURES}, "sd": {key: 0.1 for key in ablate.FIGURES},
+                "per_patient_dice": per_patient}
+
+    report = {"wall_seconds": 60.0, "patients": len(dice), "default": table(dice), "chosen": table(dice),
+              "postprocess": {"chosen": {"describe": "threshold 0.5"}}}
+    if fitted:
+        report["cross_fitted"] = table(fitted)
     logs = out / name / "logs"
     logs.mkdir(parents=True)
-    (logs / "cv_metrics.json").write_text(json.dumps({
-        "wall_seconds": 60.0, "patients": len(dice), "default": table, "chosen": table,
-        "postprocess": {"chosen": {"describe": "threshold 0.5"}}}))
+    (logs / "cv_metrics.json").write_text(json.dumps(report))
 
 
 def test_ablate_no_train_reports_finished_rows_and_touches_nothing(tmp_path, monkeypatch):
@@ -100,12 +108,15 @@ def test_ablate_no_train_reports_finished_rows_and_touches_nothing(tmp_path, mon
 
     monkeypatch.setattr(ablate, "train_lgg", no_training)
     (tmp_path / "folds.json").write_text("{}")
-    finished_row(tmp_path, "baseline", {"a": 0.5, "b": 0.6})
-    finished_row(tmp_path, "foreground_third", {"a": 0.7, "b": 0.5})
+    finished_row(tmp_path, "baseline", {"a": 0.5, "b": 0.6}, fitted={"a": 0.6, "b": 0.6})
+    finished_row(tmp_path, "foreground_third", {"a": 0.7, "b": 0.5}, fitted={"a": 0.7, "b": 0.7})
+    finished_row(tmp_path, "dice_weight_2", {"a": 0.5, "b": 0.5})  # a report without the cross-fitted table
     result = ablate.main(["--data-dir", str(tmp_path), "--out", str(tmp_path), "--no-train",
-                          "--rows", "baseline", "foreground_third", "no_augment"])
+                          "--rows", "baseline", "foreground_third", "dice_weight_2", "no_augment"])
     assert result["rows"]["no_augment"]["error"] == "not finished"
     assert result["rows"]["foreground_third"]["vs_reference_patient_dice"]["mean"] == pytest.approx(0.05)
+    assert result["rows"]["foreground_third"]["vs_reference_cross_fitted"]["mean"] == pytest.approx(0.1)
+    assert "vs_reference_cross_fitted" not in result["rows"]["dice_weight_2"]
     assert not (tmp_path / "ablation.json").exists()
 
 
@@ -113,3 +124,109 @@ def test_ablate_no_train_on_an_empty_folder_says_so(tmp_path):
     with pytest.raises(SystemExit, match="nothing has run"):
         ablate.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "none"), "--no-train"])
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_score_native_names_a_run_that_is_not_a_finished_cross_validation(tmp_path, finished):
+    run = tmp_path / "row"
+    if finished:  # a one-split run's folder: logs, but no cv_metrics.json
+        (run / "logs").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"cv_metrics.json not found: is .*row a finished `tfunet-train --folds` run"):
+        score_native.main([str(run), "--data-dir", str(tmp_path)])
+
+
+def oof_patient(pid: str, blob: bool):
+    """A 2-slice patient whose 36-pixel tumour is predicted at 0.8, with (if `blob`) a confident
+    false 25-pixel blob on the other slice, which only the largest 3-D component removes (every
+    component-size candidate small enough to keep the tumour keeps the blob)."""
+    import numpy as np
+
+    from tfunet.postprocess import ValidationPatient
+
+    truth = np.zeros((2, 20, 20, 1), bool)
+    truth[0, 2:8, 2:8] = True
+    probs = np.where(truth, 0.8, 0.05).astype(np.float32)
+    if blob:
+        probs[1, 12:17, 12:17] = 0.9
+    return ValidationPatient(truth, probs, probs.copy(), pid)
+
+
+def finished_cv_run(run: Path, per_fold: list) -> None:
+    """A cross-validation's folder as tfunet-train --folds leaves it: its report and out-of-fold files."""
+    from tfunet.crossval import OOF_FILE, held_out_report, save_oof
+    from tfunet.postprocess import Settings
+
+    for k, patients in enumerate(per_fold):
+        (run / "logs" / f"fold_{k}").mkdir(parents=True)
+        save_oof(patients, run / "logs" / f"fold_{k}" / OOF_FILE)
+    report, _, _ = held_out_report(per_fold, Settings())
+    (run / "logs" / "cv_metrics.json").write_text(json.dumps(report))
+
+
+def test_postprocess_crossfit_scores_each_fold_with_the_other_folds_choice(tmp_path):
+    with_blob = 72 / 97  # 36 tumour pixels found, 25 false ones
+    finished_cv_run(tmp_path / "row", [[oof_patient("a", True), oof_patient("b", True)],
+                                       [oof_patient("c", False), oof_patient("d", False)]])
+    finished_cv_run(tmp_path / "clean", [[oof_patient("a", False), oof_patient("b", False)],
+                                         [oof_patient("c", False), oof_patient("d", False)]])
+    both = postprocess_crossfit.main([str(tmp_path / "row"), str(tmp_path / "clean"), "--reference", "clean"])
+    assert both["clean"]["cross_fitted"]["vs_reference"]["mean"] == pytest.approx(0.0)
+    assert both["row"]["cross_fitted"]["vs_reference"]["mean"] == pytest.approx((with_blob - 1) / 2)
+    assert both["row"]["cross_fitted"]["vs_reference"]["worse"] == 2
+    result = both["row"]
+    assert result["default"]["patient_dice_mean"]["mean"] == pytest.approx((with_blob + 1) / 2)
+    assert result["chosen_on_all_folds"]["patient_dice_mean"]["mean"] == pytest.approx(1.0)
+    assert result["chosen_on_all_folds"]["vs_default"]["better"] == 2
+    # The clean fold's choice keeps the blobs of the other; the blobs' fold's choice is harmless on the clean one.
+    assert "largest 3-D component" not in result["cross_fitted"]["postprocess_by_fold"][0]
+    assert "largest 3-D component" in result["cross_fitted"]["postprocess_by_fold"][1]
+    assert result["cross_fitted"]["per_patient_dice"] == pytest.approx({"a": with_blob, "b": with_blob, "c": 1, "d": 1})
+    assert result["cross_fitted"]["vs_default"]["mean"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("folds, message", [(None, "cv_metrics.json not found"),
+                                            (1, "1 fold.* cross-fitting needs at least 2")])
+def test_postprocess_crossfit_names_a_run_it_cannot_cross_fit(tmp_path, folds, message):
+    if folds:  # a finished run, then one fold's out-of-fold file lost
+        finished_cv_run(tmp_path / "row", [[oof_patient("a", True)], [oof_patient("b", False)]])
+        (tmp_path / "row" / "logs" / "fold_1" / "oof_probabilities.npz").unlink()
+    with pytest.raises(SystemExit, match=message):
+        postprocess_crossfit.main([str(tmp_path / "row")])
+
+
+def test_postprocess_crossfit_names_a_reference_that_is_not_a_run(tmp_path):
+    finished_cv_run(tmp_path / "row", [[oof_patient("a", True)], [oof_patient("b", False)]])
+    with pytest.raises(SystemExit, match="--reference 'baseline' is not one of the runs \\(row\\)"):
+        postprocess_crossfit.main([str(tmp_path / "row"), "--reference", "baseline"])
+
+
+def test_recipe_budget_times_a_candidate_and_reruns_only_changed_sides(tmp_path, monkeypatch):
+    trained = []
+
+    def fake_train(name, data_dir, split, seed, output_dir, flags, log):
+        trained.append(name)
+        output_dir.mkdir()
+        return 0
+
+    def fake_prepare(args, out):
+        (out / "split.json").write_text(json.dumps({"train": ["a", "b"], "val": ["c"], "test": ["d"]}))
+        return out / "split.json"
+
+    seconds = {"original": 100.0, "fast": 80.0, "candidate": 90.0}
+    clock = []
+    monkeypatch.setattr(recipe_budget, "train_lgg", fake_train)
+    monkeypatch.setattr(recipe_budget, "prepare", fake_prepare)
+    # Each side's clock reads 0 before it trains and its seconds after.
+    monkeypatch.setattr(recipe_budget.time, "perf_counter", lambda: clock.append(0) or (
+        seconds[trained[-1]] if len(clock) % 2 == 0 else 0.0))
+    args = ["--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]
+    result = recipe_budget.main(args + ["--candidate", "--recipe fast --epochs 26"])
+    assert trained == ["original", "fast", "candidate"]
+    assert result["ratio_fast_to_original"] == 0.8 and result["within_budget"]
+    assert result["ratio_candidate_to_original"] == 0.9 and result["candidate_within_budget"]
+    assert result["patients"] == 4
+    trained.clear()
+    assert recipe_budget.main(args)["ratio_candidate_to_original"] == 0.9  # kept, like every finished side
+    assert trained == []
+    recipe_budget.main(args + ["--candidate", "--recipe fast --epochs 24"])
+    assert trained == ["candidate"]  # new flags: only that side reruns

@@ -13,7 +13,9 @@ After training, each fold predicts its held-out patients (plain and horizontally
 these out-of-fold probabilities are kept in logs/fold_<k>/oof_probabilities.npz. From them:
   * the CV report, logs/cv_metrics.json and .md: per fold, and as mean +- sd over folds;
   * post-processing chosen the nnU-Net way: a step is adopted only if it raises the mean
-    per-patient 3-D Dice over all out-of-fold patients (`tfunet.postprocess.tune`);
+    per-patient 3-D Dice over all out-of-fold patients (`tfunet.postprocess.tune`). Scored on
+    the patients it was chosen on, that is optimistic, so the report also scores each fold
+    under the choice made on the other folds alone (`cross_fitted`);
   * the ensemble's metadata, saved_models/tfunet.json: the members, the split, and the chosen
     post-processing with its evidence. Every command that takes `--model` takes the
     saved_models/ folder as the ensemble of its folds (`tfunet.loading.find_members`).
@@ -124,20 +126,23 @@ def predict_out_of_fold(model_path: Path, splits: DataSplits, config) -> list[Va
 
 # --- the report -----------------------------------------------------------------------------------
 
-def score_patients(patients: list[ValidationPatient], settings: Settings) -> dict:
-    """The CV figures of these patients' masks under `settings`."""
+def score_patients(patients: list[ValidationPatient], settings: Settings | list[Settings]) -> dict:
+    """The CV figures of these patients' masks under `settings` (one for all, or one per patient)."""
     from tfunet.evaluate import score_masks
 
-    masks = [to_mask(p.probs_tta if settings.tta_flip else p.probs, settings) for p in patients]
+    each = settings if isinstance(settings, list) else [settings] * len(patients)
+    masks = [to_mask(p.probs_tta if s.tta_flip else p.probs, s) for p, s in zip(patients, each)]
     summary = score_masks(masks, [p.truth for p in patients], [p.patient_id for p in patients])
     summary["missed_patients"] = sum(1 for p in summary["patients"].values()
                                      if p["truth_pixels"] > 0 and p["dice_3d"] == 0.0)
     return summary
 
 
-def summarize_folds(per_fold: list[list[ValidationPatient]], settings: Settings) -> dict:
-    """Per fold, mean and sd over folds (sd with K-1), and every out-of-fold patient at once."""
-    folds = [score_patients(patients, settings) for patients in per_fold]
+def summarize_folds(per_fold: list[list[ValidationPatient]], settings: Settings | list[Settings]) -> dict:
+    """Per fold, mean and sd over folds (sd with K-1), and every out-of-fold patient at once;
+    `settings` is one for every fold, or one per fold."""
+    by_fold = settings if isinstance(settings, list) else [settings] * len(per_fold)
+    folds = [score_patients(patients, s) for patients, s in zip(per_fold, by_fold)]
     table = {"folds": [], "mean": {}, "sd": {}}
     for k, summary in enumerate(folds):
         table["folds"].append({"fold": k, "patients": summary["num_patients"],
@@ -146,23 +151,37 @@ def summarize_folds(per_fold: list[list[ValidationPatient]], settings: Settings)
         values = [row[key] for row in table["folds"] if row[key] is not None]
         table["mean"][key] = float(np.mean(values)) if values else None
         table["sd"][key] = float(np.std(values, ddof=1)) if len(values) > 1 else None
-    everyone = score_patients([p for patients in per_fold for p in patients], settings)
+    everyone = score_patients([p for patients in per_fold for p in patients],
+                              [s for patients, s in zip(per_fold, by_fold) for _ in patients])
     table["all_patients"] = {"patients": everyone["num_patients"], **{key: everyone[key] for key, _ in FIGURES}}
     table["per_patient_dice"] = {pid: p["dice_3d"] for pid, p in everyone["patients"].items()}
     return table
 
 
 def held_out_report(per_fold: list[list[ValidationPatient]], default: Settings) -> tuple[dict, Settings, list]:
-    """The figures of held-out patients, fold by fold, under `default` and under the
-    post-processing chosen on all of them; also the chosen settings and the steps measured."""
+    """The figures of held-out patients, fold by fold, under `default`, under the post-processing
+    chosen on all of them (what the ensemble ships), and cross-fitted (each fold under the choice
+    made on the others: the honest estimate of that choice); also the chosen settings and the
+    steps measured."""
     chosen, steps = choose_postprocess([p for patients in per_fold for p in patients], default)
+    fitted, fitted_settings = cross_fitted(per_fold, default)
     report = {"patients": sum(len(patients) for patients in per_fold),
               "postprocess": {"objective": OBJECTIVE, "on": "out-of-fold predictions of every fold",
                               "default": {**default.to_metadata(), "describe": default.describe()},
                               "chosen": {**chosen.to_metadata(), "describe": chosen.describe()},
-                              "steps": steps},
-              "default": summarize_folds(per_fold, default), "chosen": summarize_folds(per_fold, chosen)}
+                              "steps": steps,
+                              "cross_fitted": [s.describe() for s in fitted_settings]},
+              "default": summarize_folds(per_fold, default), "chosen": summarize_folds(per_fold, chosen),
+              "cross_fitted": fitted}
     return report, chosen, steps
+
+
+def cross_fitted(per_fold: list[list[ValidationPatient]], default: Settings) -> tuple[dict, list[Settings]]:
+    """The held-out table with each fold scored under post-processing chosen on the other folds
+    only: unlike the `chosen` table, no patient is scored with a choice made on itself."""
+    chosen = [choose_postprocess([p for j, fold in enumerate(per_fold) if j != k for p in fold], default)[0]
+              for k in range(len(per_fold))]
+    return summarize_folds(per_fold, chosen), chosen
 
 
 def choose_postprocess(patients: list[ValidationPatient], start: Settings) -> tuple[Settings, list]:
@@ -214,6 +233,13 @@ def report_markdown(report: dict) -> str:
     lines += ["", f"## Out-of-fold, post-processing chosen by cross-validation ({chosen['describe']})", "",
               "Chosen on these same out-of-fold predictions (as nnU-Net does), so slightly optimistic.", ""]
     lines += table_markdown(report["chosen"])
+    if "cross_fitted" in report:
+        by_fold = "; ".join(f"fold {k}: {d}" for k, d in enumerate(report["postprocess"]["cross_fitted"]))
+        lines += ["", "## Out-of-fold, post-processing chosen on the other folds (cross-fitted)", "",
+                  "Each fold scored under the post-processing chosen, by the same rule, on the other folds' "
+                  f"patients only ({by_fold}): the honest estimate of what the choice does for new patients.",
+                  ""]
+        lines += table_markdown(report["cross_fitted"])
     lines += ["", f"## Post-processing choice (objective: mean out-of-fold {OBJECTIVE})", "",
               "| Step | Chosen | Candidates (score) |", "| --- | --- | --- |"]
     lines += [f"| {step['step']} | {step['chosen']} | "
@@ -225,9 +251,12 @@ def report_markdown(report: dict) -> str:
 def report_console(report: dict) -> str:
     lines = [f"tfunet-train: cross-validation, {report['folds']} folds, {report['patients']} patients "
              f"(mean ± sd over folds)"]
-    for name in ("default", "chosen"):
-        describe = report["postprocess"][name]["describe"]
-        lines.append(f"  post-processing {name} ({describe}):")
+    for name in ("default", "chosen", "cross_fitted"):
+        if name not in report:
+            continue
+        describe = ("chosen on the other folds, fold by fold" if name == "cross_fitted"
+                    else report["postprocess"][name]["describe"])
+        lines.append(f"  post-processing {name.replace('_', '-')} ({describe}):")
         table = report[name]
         for key, label in FIGURES:
             lines.append(f"    {label:<36} {_cell(key, table['mean'][key], table['sd'][key])}")
