@@ -106,6 +106,8 @@ ROWS = {
 ENSEMBLES = {"ensemble_3": 3, "ensemble_2": 2}
 FIGURES = ("patient_dice_mean", "patient_dice_median", "dice_tumour_slices", "dice_pooled",
            "empty_slices_with_prediction", "missed_patients")
+# The figures the rescoring scripts (score_native.py, postprocess_crossfit.py) print.
+PATIENT_FIGURES = tuple(key for key in FIGURES if key != "dice_pooled")
 
 
 def parse_args(argv=None):
@@ -196,8 +198,7 @@ def summary(report: dict) -> dict:
     row = {"wall_seconds": report["wall_seconds"], "patients": report["patients"]}
     for name in ("default", "chosen", "cross_fitted"):  # cross_fitted: reports since 2026-12-07
         if name in report:
-            table = report[name]
-            row[name] = {key: {"mean": table["mean"][key], "sd": table["sd"][key]} for key in FIGURES}
+            row[name] = mean_sd(report[name])
     row["postprocess_chosen"] = report["postprocess"]["chosen"]["describe"]
     row["per_patient_dice"] = report["default"]["per_patient_dice"]
     if "cross_fitted" in report:
@@ -205,24 +206,42 @@ def summary(report: dict) -> dict:
     return row
 
 
-def patient_differences(row: dict, reference: dict) -> list[float]:
-    """Per-patient 3-D Dice of `row` minus `reference`, over the patients both scored."""
-    common = sorted(set(row["per_patient_dice"]) & set(reference["per_patient_dice"]))
-    return [row["per_patient_dice"][p] - reference["per_patient_dice"][p] for p in common]
+def mean_sd(table: dict, keys=FIGURES) -> dict:
+    """A CV report table's mean and sd over folds of each figure in `keys`."""
+    return {key: {"mean": table["mean"][key], "sd": table["sd"][key]} for key in keys}
 
 
-def paired(row: dict, reference: dict) -> dict:
-    """The row minus the reference row in per-patient 3-D Dice (default post-processing), paired
-    by patient: same folds, so each patient was held out of the same training patients in both.
-    The standard error of the mean difference says whether a lever's gain is more than noise."""
+def patient_differences(row: dict, reference: dict, key: str = "per_patient_dice") -> list[float]:
+    """Per-patient 3-D Dice of `row` minus `reference` (both under `key`), over the patients both scored."""
+    common = sorted(set(row[key]) & set(reference[key]))
+    return [row[key][p] - reference[key][p] for p in common]
+
+
+def paired(row: dict, reference: dict, key: str = "per_patient_dice") -> dict:
+    """The row minus the reference row in per-patient 3-D Dice (default post-processing, or the
+    per-patient Dice under `key`), paired by patient: same folds, so each patient was held out of
+    the same training patients in both. The standard error of the mean difference says whether
+    a lever's gain is more than noise."""
     import statistics
 
-    diffs = patient_differences(row, reference)
+    diffs = patient_differences(row, reference, key)
     if len(diffs) < 2:
         return {}
     return {"patients": len(diffs), "mean": statistics.fmean(diffs),
             "se": statistics.stdev(diffs) / len(diffs) ** 0.5,
             "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
+
+
+def pair_with_reference(results: dict, reference_name: str) -> None:
+    """Pair every finished row with the reference row by patient, once the reference has finished."""
+    reference = results["rows"].get(reference_name)
+    results["reference"] = reference_name
+    for name, row in results["rows"].items():
+        if reference and name != reference_name and "per_patient_dice" in row:
+            row["vs_reference_patient_dice"] = paired(row, reference)
+            if "cross_fitted_per_patient_dice" in row and "cross_fitted_per_patient_dice" in reference:
+                # As a user gets each recipe: post-processing chosen on other patients included.
+                row["vs_reference_cross_fitted"] = paired(row, reference, key="cross_fitted_per_patient_dice")
 
 
 def markdown(results: dict) -> str:
@@ -279,18 +298,10 @@ def main(argv=None) -> dict:
                 results["rows"][name] = {"flags": flags, "error": f"exit {code}; see {out / name}.log"}
                 continue
         results["rows"][name] = {"flags": flags, **summary(json.loads(report_path.read_text()))}
-        if not args.no_train:
+        if not args.no_train:  # paired now, so a run stopped at a later row leaves this one complete
+            pair_with_reference(results, args.reference)
             write_json(out / "ablation.json", results)
-    reference = results["rows"].get(args.reference)
-    results["reference"] = args.reference
-    for name, row in results["rows"].items():
-        if reference and name != args.reference and "per_patient_dice" in row:
-            row["vs_reference_patient_dice"] = paired(row, reference)
-            if "cross_fitted_per_patient_dice" in row and "cross_fitted_per_patient_dice" in reference:
-                # As a user gets each recipe: post-processing chosen on other patients included.
-                row["vs_reference_cross_fitted"] = paired(
-                    {"per_patient_dice": row["cross_fitted_per_patient_dice"]},
-                    {"per_patient_dice": reference["cross_fitted_per_patient_dice"]})
+    pair_with_reference(results, args.reference)
     if not args.no_train:
         write_json(out / "ablation.json", results)
     print(markdown(results) if args.markdown else json.dumps(results, indent=2))

@@ -23,10 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablate import paired  # noqa: E402
-
-FIGURES = ("patient_dice_mean", "patient_dice_median", "dice_tumour_slices", "empty_slices_with_prediction",
-           "missed_patients")
+from ablate import PATIENT_FIGURES, mean_sd, paired  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,7 +35,8 @@ def parse_args(argv=None):
 
 
 def fold_files(run: Path) -> list[Path]:
-    """The run's out-of-fold probability files, fold by fold; a one-line error if it has none."""
+    """The run's out-of-fold probability files, fold by fold; a one-line error unless it is a
+    finished cross-validation with at least 2 of them."""
     if not (run / "logs" / "cv_metrics.json").is_file():
         raise SystemExit(f"postprocess_crossfit: {run / 'logs' / 'cv_metrics.json'} not found: "
                          f"is {run} a finished `tfunet-train --folds` run?")
@@ -58,17 +56,14 @@ def crossfit_run(run: Path) -> dict:
     default = Settings.from_metadata(report["postprocess"]["default"])
     fitted, chosen = cross_fitted([load_oof(f) for f in files], default)
 
-    def figures(table):
-        return {key: {"mean": table["mean"][key], "sd": table["sd"][key]} for key in FIGURES}
-
-    reference = {"per_patient_dice": report["default"]["per_patient_dice"]}
     return {"folds": len(files),
-            "default": figures(report["default"]),
+            "default": mean_sd(report["default"], PATIENT_FIGURES),
             "chosen_on_all_folds": {"postprocess": report["postprocess"]["chosen"]["describe"],
-                                    **figures(report["chosen"]),
-                                    "vs_default": paired(report["chosen"], reference)},
-            "cross_fitted": {"postprocess_by_fold": [c.describe() for c in chosen], **figures(fitted),
-                             "vs_default": paired(fitted, reference),
+                                    **mean_sd(report["chosen"], PATIENT_FIGURES),
+                                    "vs_default": paired(report["chosen"], report["default"])},
+            "cross_fitted": {"postprocess_by_fold": [c.describe() for c in chosen],
+                             **mean_sd(fitted, PATIENT_FIGURES),
+                             "vs_default": paired(fitted, report["default"]),
                              "per_patient_dice": fitted["per_patient_dice"]}}
 
 

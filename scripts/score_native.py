@@ -20,10 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablate import paired  # noqa: E402
-
-FIGURES = ("patient_dice_mean", "patient_dice_median", "dice_tumour_slices", "empty_slices_with_prediction",
-           "missed_patients")
+from ablate import PATIENT_FIGURES, paired  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -87,8 +84,8 @@ def main(argv=None) -> dict:
     at_data_size = {"per_patient_dice": {pid: p["dice_3d"] for pid, p in native["patients"].items()}}
     result = {
         "run": str(run), "model_size": report["config"]["image_size"],
-        "at_model_size": {key: report["default"]["all_patients"][key] for key in FIGURES},
-        "at_data_size": {key: native[key] for key in FIGURES},
+        "at_model_size": {key: report["default"]["all_patients"][key] for key in PATIENT_FIGURES},
+        "at_data_size": {key: native[key] for key in PATIENT_FIGURES},
         "data_minus_model_size_patient_dice": paired(at_data_size, report["default"]),
     }
     print(json.dumps(result, indent=2))

@@ -120,6 +120,24 @@ def test_ablate_no_train_reports_finished_rows_and_touches_nothing(tmp_path, mon
     assert not (tmp_path / "ablation.json").exists()
 
 
+def test_ablate_saves_each_finished_row_paired_before_the_next_trains(tmp_path, monkeypatch):
+    def train_then_stop(name, data_dir, folds, seed, row_dir, flags, log, append):
+        if name == "no_augment":  # the run is stopped while training its second row
+            raise KeyboardInterrupt
+        finished_row(tmp_path, name, {"a": 0.7, "b": 0.5})
+        return 0
+
+    monkeypatch.setattr(ablate, "train_lgg", train_then_stop)
+    (tmp_path / "folds.json").write_text("{}")
+    finished_row(tmp_path, "baseline", {"a": 0.5, "b": 0.6})
+    with pytest.raises(KeyboardInterrupt):
+        ablate.main(["--data-dir", str(tmp_path), "--out", str(tmp_path),
+                     "--rows", "baseline", "foreground_third", "no_augment"])
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["rows"]["foreground_third"]["vs_reference_patient_dice"]["mean"] == pytest.approx(0.05)
+    assert "no_augment" not in saved["rows"]
+
+
 def test_ablate_no_train_on_an_empty_folder_says_so(tmp_path):
     with pytest.raises(SystemExit, match="nothing has run"):
         ablate.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "none"), "--no-train"])
