@@ -39,7 +39,7 @@ ROWS = {
     "resolution_schedule": "--epochs 20 --coarse-size 32 --coarse-epochs 16",
     # Lever g at the 64x64 scale: width, depth and batch size, each with the epochs that take
     # about the wall time of the base's 10. Medians of epochs 2-4 of 4-epoch runs on the Xeon of
-    # docs/performance.md (scripts/results/ablate64_xeon_g_epoch_times.json): 25 s at base 16,
+    # docs/recipes.md (scripts/results/ablate64_xeon_g_epoch_times.json): 25 s at base 16,
     # 11 at base 8, 78 at base 32 (59-90: 4 epochs rather than 3), 18 at depth 3, 30 at batch 8,
     # 17 at batch 32.
     "width_8": "--base-filters 8 --epochs 22",
@@ -53,7 +53,7 @@ ROWS = {
     "width_8_128": "--base-filters 8 --epochs 18",
     # Lever c's lead at 128x128 within the base's wall time (the same --base as width_8_128): a
     # deep-supervision epoch cost about 1.25 plain ones there (32 against 25 min for 2 folds of
-    # 10 epochs on the Zen 3 of docs/performance.md), so 8 epochs; alone, and with the lr lead.
+    # 10 epochs on the Zen 3 of docs/recipes.md), so 8 epochs; alone, and with the lr lead.
     "deep_supervision_8": "--deep-supervision --epochs 8",
     "deep_supervision_8_lr_3e-3_warmup_1": "--deep-supervision --epochs 8 --lr 3e-3 --warmup-epochs 1",
     # Lever a at the fast recipe's 128x128 (the same --base as width_8_128): 7 epochs at 128x128,
@@ -245,7 +245,7 @@ def pair_with_reference(results: dict, reference_name: str) -> None:
 
 
 def markdown(results: dict) -> str:
-    """The rows as the Markdown table docs/performance.md shows (default post-processing)."""
+    """The rows as the Markdown table docs/recipes.md shows (default post-processing)."""
     def cell(row, key, percent=False):
         mean, sd = row["default"][key]["mean"], row["default"][key]["sd"]
         return f"{100 * mean:.1f}% ± {100 * sd:.1f}%" if percent else f"{mean:.3f} ± {sd:.3f}"

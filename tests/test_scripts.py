@@ -21,7 +21,7 @@ import postprocess_crossfit  # noqa: E402
 import recipe_budget  # noqa: E402
 import score_native  # noqa: E402
 
-# The --base of every batch in docs/performance.md.
+# The --base of every batch in docs/recipes.md.
 BASES = (ablate.BASE,
          "--image-size 64 --base-filters 16 --epochs 10 --validate-every 10",
          "--image-size 64 --base-filters 16 --epochs 32 --validate-every 16",
