@@ -233,11 +233,12 @@ def paired(row: dict, reference: dict, key: str = "per_patient_dice") -> dict:
 
 
 def pair_with_reference(results: dict, reference_name: str) -> None:
-    """Pair every finished row with the reference row by patient, once the reference has finished."""
-    reference = results["rows"].get(reference_name)
+    """Pair every finished row with the reference row by patient, once the reference has finished
+    (an unfinished or failed reference row carries only its flags and an error)."""
+    reference = results["rows"].get(reference_name) or {}
     results["reference"] = reference_name
     for name, row in results["rows"].items():
-        if reference and name != reference_name and "per_patient_dice" in row:
+        if "per_patient_dice" in reference and name != reference_name and "per_patient_dice" in row:
             row["vs_reference_patient_dice"] = paired(row, reference)
             if "cross_fitted_per_patient_dice" in row and "cross_fitted_per_patient_dice" in reference:
                 # As a user gets each recipe: post-processing chosen on other patients included.

@@ -138,6 +138,17 @@ def test_ablate_saves_each_finished_row_paired_before_the_next_trains(tmp_path, 
     assert "no_augment" not in saved["rows"]
 
 
+def test_ablate_no_train_with_an_unfinished_reference_reports_rows_unpaired(tmp_path):
+    # Rows run fold-interleaved: the candidate finished before the reference it is paired with.
+    (tmp_path / "folds.json").write_text("{}")
+    finished_row(tmp_path, "foreground_third", {"a": 0.7, "b": 0.5})
+    result = ablate.main(["--data-dir", str(tmp_path), "--out", str(tmp_path), "--no-train",
+                          "--rows", "baseline", "foreground_third"])
+    assert result["rows"]["baseline"]["error"] == "not finished"
+    assert result["rows"]["foreground_third"]["per_patient_dice"] == {"a": 0.7, "b": 0.5}
+    assert "vs_reference_patient_dice" not in result["rows"]["foreground_third"]
+
+
 def test_ablate_no_train_on_an_empty_folder_says_so(tmp_path):
     with pytest.raises(SystemExit, match="nothing has run"):
         ablate.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "none"), "--no-train"])
