@@ -286,25 +286,24 @@ def main(argv=None) -> dict:
         row_dir = out / name
         report_path = row_dir / "logs" / "cv_metrics.json"
         flags = f"{args.base} {ROWS[name]}".strip()
-        if not report_path.is_file():
-            if args.no_train:
-                results["rows"][name] = {"flags": flags, "error": "not finished"}
-                continue
+        code = 0
+        if not report_path.is_file() and not args.no_train:
             if name in ENSEMBLES:
                 code = ensemble_row(name, args, folds, row_dir, flags, ENSEMBLES[name])
             else:
                 code = train_lgg(name, args.data_dir, folds, args.seed, row_dir, shlex.split(flags),
                                  out / f"{name}.log", append=True)
-            if code:
-                results["rows"][name] = {"flags": flags, "error": f"exit {code}; see {out / name}.log"}
-                continue
-        results["rows"][name] = {"flags": flags, **summary(json.loads(report_path.read_text()))}
-        if not args.no_train:  # paired now, so a run stopped at a later row leaves this one complete
+        if code:
+            results["rows"][name] = {"flags": flags, "error": f"exit {code}; see {out / name}.log"}
+        elif report_path.is_file():
+            results["rows"][name] = {"flags": flags, **summary(json.loads(report_path.read_text()))}
+        else:
+            results["rows"][name] = {"flags": flags, "error": "not finished"}
+        if not args.no_train:  # paired and saved now, so a run stopped at a later row leaves this one complete
             pair_with_reference(results, args.reference)
             write_json(out / "ablation.json", results)
-    pair_with_reference(results, args.reference)
-    if not args.no_train:
-        write_json(out / "ablation.json", results)
+    if args.no_train:
+        pair_with_reference(results, args.reference)
     print(markdown(results) if args.markdown else json.dumps(results, indent=2))
     return results
 

@@ -138,6 +138,23 @@ def test_ablate_saves_each_finished_row_paired_before_the_next_trains(tmp_path, 
     assert "no_augment" not in saved["rows"]
 
 
+def test_ablate_records_a_failed_row_and_goes_on(tmp_path, monkeypatch):
+    def fail_one(name, data_dir, folds, seed, row_dir, flags, log, append):
+        if name == "no_augment":
+            return 3
+        finished_row(tmp_path, name, {"a": 0.7, "b": 0.5})
+        return 0
+
+    monkeypatch.setattr(ablate, "train_lgg", fail_one)
+    (tmp_path / "folds.json").write_text("{}")
+    finished_row(tmp_path, "baseline", {"a": 0.5, "b": 0.6})
+    ablate.main(["--data-dir", str(tmp_path), "--out", str(tmp_path),
+                 "--rows", "baseline", "no_augment", "foreground_third"])
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["rows"]["no_augment"]["error"] == f"exit 3; see {tmp_path / 'no_augment'}.log"
+    assert saved["rows"]["foreground_third"]["vs_reference_patient_dice"]["mean"] == pytest.approx(0.05)
+
+
 def test_ablate_no_train_with_an_unfinished_reference_reports_rows_unpaired(tmp_path):
     # Rows run fold-interleaved: the candidate finished before the reference it is paired with.
     (tmp_path / "folds.json").write_text("{}")
