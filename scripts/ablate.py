@@ -246,26 +246,39 @@ def pair_with_reference(results: dict, reference_name: str) -> None:
 
 
 def markdown(results: dict) -> str:
-    """The rows as the Markdown table docs/recipes.md shows (default post-processing)."""
-    def cell(row, key, percent=False):
-        mean, sd = row["default"][key]["mean"], row["default"][key]["sd"]
+    """The rows as the Markdown tables of docs/recipes.md show them (default post-processing,
+    and a cross-fitted column once a row has one: recipes compared as a user of a CV gets them)."""
+    def cell(table, key, percent=False):
+        mean, sd = table[key]["mean"], table[key]["sd"]
         return f"{100 * mean:.1f}% ± {100 * sd:.1f}%" if percent else f"{mean:.3f} ± {sd:.3f}"
 
-    lines = ["| row | flags | per-patient 3-D Dice | median | Dice, tumour slices | empty slices with FP | "
-             f"patients missed per fold | vs {results['reference']}, paired by patient | wall |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, row in results["rows"].items():
-        if "error" in row:
-            lines.append(f"| {name} | `{row['flags']}` | {row['error']} | | | | | | |")
-            continue
-        vs = row.get("vs_reference_patient_dice") or {}
-        paired_cell = (f"{vs['mean']:+.3f} ± {vs['se']:.3f} (better {vs['better']}, worse {vs['worse']} of "
-                       f"{vs['patients']})" if vs else "")
+    def paired_cell(vs):
+        return (f"{vs['mean']:+.3f} ± {vs['se']:.3f} (better {vs['better']}, worse {vs['worse']} of "
+                f"{vs['patients']})" if vs else "")
+
+    rows = results["rows"]
+    fitted = any("cross_fitted" in row for row in rows.values())
+    head = ["row", "flags", "per-patient 3-D Dice", "median", "Dice, tumour slices", "empty slices with FP",
+            "patients missed per fold", f"vs {results['reference']}, paired by patient"]
+    if fitted:
+        head.append(f"cross-fitted post-processing, vs {results['reference']}")
+    head.append("wall")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, row in rows.items():
         flags = row["flags"].replace(results["base"], "").strip() or "(base)"
-        missed = row["default"]["missed_patients"]
-        lines.append(f"| {name} | `{flags}` | {cell(row, 'patient_dice_mean')} | {cell(row, 'patient_dice_median')} | "
-                     f"{cell(row, 'dice_tumour_slices')} | {cell(row, 'empty_slices_with_prediction', True)} | "
-                     f"{missed['mean']:.1f} ± {missed['sd']:.1f} | {paired_cell} | {row['wall_seconds'] / 60:.0f} min |")
+        if "error" in row:
+            lines.append(f"| {name} | `{flags}` | {row['error']} |" + " |" * (len(head) - 3))
+            continue
+        default, missed = row["default"], row["default"]["missed_patients"]
+        cells = [name, f"`{flags}`", cell(default, "patient_dice_mean"), cell(default, "patient_dice_median"),
+                 cell(default, "dice_tumour_slices"), cell(default, "empty_slices_with_prediction", True),
+                 f"{missed['mean']:.1f} ± {missed['sd']:.1f}", paired_cell(row.get("vs_reference_patient_dice"))]
+        if fitted:
+            vs = paired_cell(row.get("vs_reference_cross_fitted"))
+            cells.append(cell(row["cross_fitted"], "patient_dice_mean") + (f": {vs}" if vs else "")
+                         if "cross_fitted" in row else "")
+        cells.append(f"{row['wall_seconds'] / 60:.0f} min")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

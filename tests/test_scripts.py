@@ -166,6 +166,20 @@ def test_ablate_no_train_with_an_unfinished_reference_reports_rows_unpaired(tmp_
     assert "vs_reference_patient_dice" not in result["rows"]["foreground_third"]
 
 
+def test_ablate_markdown_shows_every_row_without_the_base_and_the_cross_fitted_pairing(tmp_path, capsys):
+    (tmp_path / "folds.json").write_text("{}")
+    finished_row(tmp_path, "baseline", {"a": 0.5, "b": 0.6}, fitted={"a": 0.6, "b": 0.6})
+    finished_row(tmp_path, "foreground_third", {"a": 0.7, "b": 0.5}, fitted={"a": 0.7, "b": 0.7})
+    ablate.main(["--data-dir", str(tmp_path), "--out", str(tmp_path), "--no-train", "--markdown",
+                 "--base", "--epochs 2", "--rows", "baseline", "foreground_third", "no_augment"])
+    head, rule, baseline, foreground, unfinished = capsys.readouterr().out.strip().splitlines()
+    assert head.count("|") == rule.count("|") == baseline.count("|") == unfinished.count("|") == 11
+    assert "cross-fitted post-processing, vs baseline" in head
+    assert foreground.startswith("| foreground_third | `--foreground-share 0.33` | 0.500 ± 0.100 |")
+    assert "| 0.500 ± 0.100: +0.100 ± 0.000 (better 2, worse 0 of 2) | 1 min |" in foreground
+    assert unfinished.startswith("| no_augment | `--no-augment` | not finished |")
+
+
 def test_ablate_no_train_on_an_empty_folder_says_so(tmp_path):
     with pytest.raises(SystemExit, match="nothing has run"):
         ablate.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "none"), "--no-train"])
