@@ -79,6 +79,11 @@ ROWS = {
     "foreground_warmup_1": "--foreground-share 0.33 --warmup-epochs 1",
     # Lever b's share: half of each batch from tumour slices instead of nnU-Net's third.
     "foreground_half": "--foreground-share 0.5",
+    # Lever f's one-cycle shape (Smith 2018), as Keras's CosineDecay gives it: a linear warm-up
+    # over 3 of the 10 epochs to the peak, then a cosine to zero (no momentum cycling); at the
+    # lr lead's peak and at a super-convergence one.
+    "foreground_one_cycle_3e-3": "--foreground-share 0.33 --lr 3e-3 --warmup-epochs 3",
+    "foreground_one_cycle_1e-2": "--foreground-share 0.33 --lr 1e-2 --warmup-epochs 3",
     # Lever b's draw: a patient with tumour first, then one of its tumour slices (nnU-Net picks
     # a case, then foreground), so small tumours are drawn as often as large ones.
     "foreground_by_patient": "--foreground-share 0.33 --foreground-sampling patient",
