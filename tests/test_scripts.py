@@ -17,6 +17,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import ablate  # noqa: E402
 import pair_rows  # noqa: E402
+import pool_pairs  # noqa: E402
 import postprocess_crossfit  # noqa: E402
 import recipe_budget  # noqa: E402
 import score_native  # noqa: E402
@@ -84,6 +85,32 @@ def test_pair_rows_names_a_missing_row(tmp_path):
     first = ablation_file(tmp_path / "a.json", "--x", {"lever": {"a": 0.5, "b": 0.6}})
     with pytest.raises(SystemExit, match="no finished row 'absent'.*lever"):
         pair_rows.main([f"{first}:lever", f"{first}:absent"])
+
+
+def pool_file(path: Path, row: dict, reference: dict, fitted: tuple[dict, dict] | None = None) -> str:
+    rows = {"lever": {"per_patient_dice": row}, "ref": {"per_patient_dice": reference}}
+    if fitted:
+        rows["lever"]["cross_fitted_per_patient_dice"], rows["ref"]["cross_fitted_per_patient_dice"] = fitted
+    path.write_text(json.dumps({"base": "", "rows": rows}))
+    return str(path)
+
+
+def test_pool_pairs_averages_each_patient_over_replicates_before_the_standard_error(tmp_path):
+    first = pool_file(tmp_path / "a.json", {"a": 0.6, "b": 0.4}, {"a": 0.5, "b": 0.5},
+                      fitted=({"a": 0.5, "b": 0.5}, {"a": 0.5, "b": 0.5}))
+    second = pool_file(tmp_path / "b.json", {"a": 0.8, "b": 0.6, "c": 0.3}, {"a": 0.5, "b": 0.5, "c": 0.5})
+    result = pool_pairs.main(["lever", "ref", first, second])
+    # Per patient: a (+0.1, +0.3) -> +0.2, b (-0.1, +0.1) -> 0, c (-0.2) -> -0.2.
+    assert result["default"]["pooled"] == {"patients": 3, "replicates": 2, "mean": pytest.approx(0.0, abs=1e-12),
+                                           "se": pytest.approx(0.2 / 3 ** 0.5), "better": 1, "worse": 1}
+    assert [p["mean"] for p in result["default"]["per_file"]] == [pytest.approx(0.0, abs=1e-12), pytest.approx(0.2 / 3)]
+    assert "cross_fitted" not in result  # the second file has no cross-fitted table
+
+
+def test_pool_pairs_names_a_file_without_the_row(tmp_path):
+    first = pool_file(tmp_path / "a.json", {"a": 0.6, "b": 0.4}, {"a": 0.5, "b": 0.5})
+    with pytest.raises(SystemExit, match="has no finished row 'other'"):
+        pool_pairs.main(["other", "ref", first])
 
 
 def finished_row(out: Path, name: str, dice: dict[str, float], fitted: dict[str, float] | None = None) -> None:
