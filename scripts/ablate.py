@@ -216,10 +216,11 @@ def mean_sd(table: dict, keys=FIGURES) -> dict:
     return {key: {"mean": table["mean"][key], "sd": table["sd"][key]} for key in keys}
 
 
-def patient_differences(row: dict, reference: dict, key: str = "per_patient_dice") -> list[float]:
-    """Per-patient 3-D Dice of `row` minus `reference` (both under `key`), over the patients both scored."""
+def patient_differences(row: dict, reference: dict, key: str = "per_patient_dice") -> dict[str, float]:
+    """Per-patient 3-D Dice of `row` minus `reference` (both under `key`), by patient, over the
+    patients both scored."""
     common = sorted(set(row[key]) & set(reference[key]))
-    return [row[key][p] - reference[key][p] for p in common]
+    return {p: row[key][p] - reference[key][p] for p in common}
 
 
 def paired(row: dict, reference: dict, key: str = "per_patient_dice") -> dict:
@@ -229,7 +230,7 @@ def paired(row: dict, reference: dict, key: str = "per_patient_dice") -> dict:
     a lever's gain is more than noise."""
     import statistics
 
-    diffs = patient_differences(row, reference, key)
+    diffs = list(patient_differences(row, reference, key).values())
     if len(diffs) < 2:
         return {}
     return {"patients": len(diffs), "mean": statistics.fmean(diffs),

@@ -43,7 +43,7 @@ def load_row(spec: str) -> tuple[dict, dict]:
 
 def agreement(a: dict, b: dict) -> dict:
     """How closely the same row of two runs repeats, patient by patient."""
-    diffs = [abs(d) for d in patient_differences(a, b)]
+    diffs = [abs(d) for d in patient_differences(a, b).values()]
     return {"patients": len(diffs), "identical": sum(d == 0 for d in diffs), "max_abs_diff": max(diffs, default=0.0)}
 
 

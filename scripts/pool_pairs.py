@@ -48,8 +48,7 @@ def pooled(pairs: list[tuple[dict, dict]], key: str) -> dict:
     standard error over patients."""
     by_patient: dict[str, list[float]] = {}
     for row, reference in pairs:
-        common = sorted(set(row[key]) & set(reference[key]))
-        for patient, diff in zip(common, patient_differences(row, reference, key)):
+        for patient, diff in patient_differences(row, reference, key).items():
             by_patient.setdefault(patient, []).append(diff)
     means = [statistics.fmean(diffs) for diffs in by_patient.values()]
     if len(means) < 2:
