@@ -107,10 +107,14 @@ def test_pool_pairs_averages_each_patient_over_replicates_before_the_standard_er
     assert "cross_fitted" not in result  # the second file has no cross-fitted table
 
 
-def test_pool_pairs_names_a_file_without_the_row(tmp_path):
-    first = pool_file(tmp_path / "a.json", {"a": 0.6, "b": 0.4}, {"a": 0.5, "b": 0.5})
-    with pytest.raises(SystemExit, match="has no finished row 'other'"):
-        pool_pairs.main(["other", "ref", first])
+@pytest.mark.parametrize("file, row, message", [
+    ("a.json", "other", "a.json has no finished row 'other'"),
+    ("absent.json", "lever", "absent.json not found"),
+])
+def test_pool_pairs_names_a_bad_file(tmp_path, file, row, message):
+    pool_file(tmp_path / "a.json", {"a": 0.6, "b": 0.4}, {"a": 0.5, "b": 0.5})
+    with pytest.raises(SystemExit, match=message):
+        pool_pairs.main([row, "ref", str(tmp_path / file)])
 
 
 def finished_row(out: Path, name: str, dice: dict[str, float], fitted: dict[str, float] | None = None) -> None:
